@@ -1,0 +1,174 @@
+"""What one generator process shares between its users for one test run.
+
+The ledger, the histograms, room membership and the typing / read-receipt send times
+live here, once per process; sessions reach them through ``session.gen``. At the end
+``finish`` stops the senders, drains what is in flight, reconciles what is still
+missing over REST, and closes every session; ``report`` is the mergeable result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import gevent
+import gevent.pool
+
+from .exceptions import BackfillError
+from .ledger import Ledger, LedgerCounts
+from .metrics import Metrics
+from .protocol import DEFAULT_PROFILE, Profile
+from .rest import BackfillClient
+from .rooms import RoomRegistry, rooms_for
+from .scenario import Scenario
+from .session import ChatSession
+
+logger = logging.getLogger("roombench")
+
+#: a run with no delivery progress for this long while every user is whole is drained
+QUIET_S = 1.0
+
+
+class Generator:
+    """Per-process state of one run; create a new one for every test start."""
+
+    def __init__(self, host: str, scenario: Scenario, profile: Profile = DEFAULT_PROFILE) -> None:
+        self.host = host.rstrip("/")
+        self.scenario = scenario
+        self.profile = profile
+        self.ledger = Ledger()
+        self.metrics = Metrics()
+        self.registry = RoomRegistry()
+        self.rest = BackfillClient(self.host, profile, scenario.token or None)
+        self.errors: Counter[str] = Counter()
+        self.error_samples: dict[str, str] = {}
+        self.counters: Counter[str] = Counter()
+        self.typing_sent: dict[tuple[Any, ...], float] = {}
+        self.read_sent: dict[tuple[Any, ...], float] = {}
+        self.sessions: dict[int, ChatSession] = {}
+        self.stopping = False
+        self.finished = False
+        self._next_user = 0
+        self.started = time.time()
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
+        self._t1: float | None = None
+        self._cpu1: float | None = None
+
+    def rooms_for(self, user_no: int) -> list[str]:
+        """The rooms of user number ``user_no`` (unique to this process and run)."""
+        sc = self.scenario
+        return rooms_for(user_no, sc.room_size, sc.rooms_per_user, self.ledger.prefix)
+
+    def new_session(self) -> ChatSession:
+        """A session for the next user number."""
+        no, self._next_user = self._next_user, self._next_user + 1
+        session = self.sessions[no] = ChatSession(self, no)
+        return session
+
+    def error(self, kind: str, detail: str) -> None:
+        """Count an error; log only the first of each kind (no log storms at 50k/s)."""
+        self.errors[kind] += 1
+        if kind not in self.error_samples:
+            self.error_samples[kind] = detail
+            logger.warning("%s: %s (further ones are counted, not logged)", kind, detail)
+
+    # -- end of run ------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Stop sending, drain in-flight messages, reconcile over REST, close sessions."""
+        if self.finished:
+            return
+        self.finished = True
+        self.stopping = True
+        self._t1, self._cpu1 = time.perf_counter(), time.process_time()
+        self._drain(self.scenario.drain)
+        self._reconcile(deadline=time.monotonic() + max(5.0, self.scenario.drain))
+        pool = gevent.pool.Pool(50)
+        for session in list(self.sessions.values()):
+            pool.spawn(session.close)
+        pool.join(timeout=10)
+        self.rest.close()
+
+    def _drain(self, limit: float) -> None:
+        """Wait until nothing is in flight, or nothing moved for QUIET_S with every user
+        whole (a lossy server never drains), or ``limit`` seconds passed."""
+        deadline = time.monotonic() + limit
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            left = self.ledger.outstanding()
+            if left == 0:
+                return
+            t = time.monotonic()
+            if left != last or not all(s.whole for s in self.sessions.values()):
+                last, quiet_since = left, t
+            elif t - quiet_since >= QUIET_S:
+                return
+            gevent.sleep(0.05)
+
+    def _reconcile(self, deadline: float) -> None:
+        """Fetch over REST what receivers still miss: one fetch per room from the
+        smallest id that covers every receiver's missing messages."""
+        by_room: dict[str, tuple[int, list[int]]] = {}
+        for (receiver, room), after in self.ledger.missing().items():
+            lo, receivers = by_room.get(room, (after, []))
+            by_room[room] = (min(lo, after), receivers + [receiver])
+        f_temp, f_id = self.profile.field("temp_id"), self.profile.field("id")
+        for room, (after, receivers) in by_room.items():
+            try:
+                items = self.rest.after(room, after, deadline)
+            except BackfillError as exc:
+                self.error("backfill_error", str(exc))
+                continue
+            for m in items:
+                temp_id = m.get(f_temp)
+                if isinstance(temp_id, str):
+                    for receiver in receivers:
+                        self.ledger.on_backfill(receiver, temp_id, m.get(f_id))
+
+    # -- results ---------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """This process's mergeable result (see :func:`merge_reports`)."""
+        t1 = self._t1 if self._t1 is not None else time.perf_counter()
+        cpu1 = self._cpu1 if self._cpu1 is not None else time.process_time()
+        self.metrics.flush()
+        return {
+            "metrics": self.metrics.encode(),
+            "ledger": self.ledger.counts().to_dict(),
+            "errors": dict(self.errors),
+            "error_samples": dict(self.error_samples),
+            "counters": dict(self.counters),
+            "users": len(self.sessions),
+            "started": self.started,
+            "wall_s": t1 - self._t0,
+            "cpu_s": cpu1 - self._cpu0,
+        }
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine process reports: histograms merged, counters added, CPU summed."""
+    metrics = Metrics()
+    counts = LedgerCounts()
+    errors: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
+    samples: dict[str, str] = {}
+    for r in reports:
+        metrics.merge(Metrics.decode(r["metrics"]))
+        counts = counts + LedgerCounts.from_dict(r["ledger"])
+        errors.update(r["errors"])
+        counters.update(r["counters"])
+        samples = {**r["error_samples"], **samples}
+    return {
+        "metrics": metrics,
+        "ledger": counts,
+        "errors": dict(errors),
+        "error_samples": samples,
+        "counters": dict(counters),
+        "users": sum(r["users"] for r in reports),
+        "started": min((r["started"] for r in reports), default=time.time()),
+        "wall_s": max((r["wall_s"] for r in reports), default=0.0),
+        "cpu_s": sum(r["cpu_s"] for r in reports),
+        "processes": len(reports),
+    }

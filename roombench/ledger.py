@@ -1,0 +1,306 @@
+"""The delivery ledger: who should get which message, and what actually arrived.
+
+Pure bookkeeping — no I/O, no gevent, no clock. One :class:`Ledger` per generator process;
+every member of a room lives in that process, so the ledger alone knows the full set of
+expected (receiver, message) pairs. Users are small ints, messages are matched by the
+``temp_id`` the generator chose, so any server id scheme works.
+
+Accounting (every counter is a count of events, see :class:`LedgerCounts`)::
+
+    expected       = sum over sent messages of |members at send time - {sender}|
+    delivered_live = expected pairs that arrived as a live new_message (first time)
+    live_missed    = expected - delivered_live
+    recovered      = missed pairs that a REST backfill returned
+    lost           = live_missed - recovered      (never got it at all)
+
+A send that never reached the server (it left as the connection dropped, and a full
+backfill of its room does not hold it) is voided: its ack counts as ``voided`` and its
+still-pending receivers are withdrawn from ``expected`` — not the server's loss.
+
+Memory stays bounded by what is in flight: a record is retired the moment its ack is
+settled (acked or failed) and no receiver is pending. A short, bounded memory of retired
+records keeps classifying stragglers (a late joiner's copy is "unexpected", a second copy
+is a "duplicate") after retirement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: Retired records kept per generation for classifying stragglers (two generations live).
+RETIRED_WINDOW = 16_384
+
+
+@dataclass
+class LedgerCounts:
+    """Delivery counters of one or more ledgers; ``a + b`` merges two processes' counts.
+
+    ``live_missed`` and ``lost`` are derived (see the module docstring) but stored so the
+    dict form is self-describing; they stay consistent under ``+``.
+    """
+
+    sent: int = 0
+    acked: int = 0
+    ack_timeouts: int = 0
+    ack_errors: int = 0
+    expected: int = 0
+    delivered_live: int = 0
+    live_missed: int = 0
+    recovered: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    unexpected: int = 0
+    voided: int = 0
+
+    def __add__(self, other: LedgerCounts) -> LedgerCounts:
+        if not isinstance(other, LedgerCounts):
+            return NotImplemented
+        return LedgerCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def merge(self, other: LedgerCounts) -> LedgerCounts:
+        """Return the sum of both counts (same as ``self + other``)."""
+        return self + other
+
+    @classmethod
+    def sum(cls, counts: Iterable[LedgerCounts]) -> LedgerCounts:
+        """Merge any number of counts (e.g. one per worker)."""
+        total = cls()
+        for c in counts:
+            total = total + c
+        return total
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict for JSON (summary files, worker → master messages)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LedgerCounts:
+        """Inverse of :meth:`to_dict`; unknown keys (a newer writer) are ignored, missing ones are 0."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in d.items() if k in names})
+
+
+# A record is a plain list, not an object: creating a __slots__ instance through __init__
+# costs ~5x a list display, and on_sent runs up to 100k times a second. Field positions:
+_ROOM = 0  # room name
+_T = 1  # intended send time (latency origin)
+_MEMBERS = 2  # members at send time: a shared frozenset, not a copy
+_SENDER = 3
+_PENDING = 4  # set of receivers still waiting; None once retired
+_PREV = 5  # room high-water mark at send time (the "after" for a covering fetch)
+_SETTLED = 6  # ack arrived or failed
+_MSG_ID = 7  # server id once known
+_BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
+_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled]
+
+
+class Ledger:
+    """Expected-versus-received bookkeeping for one generator process (see module docstring).
+
+    All methods are O(1) except :meth:`missing`, which scans the in-flight records.
+    Not thread-safe; under gevent none of the methods yields, so greenlets may share it.
+    """
+
+    __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
+                 "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
+                 "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window")
+
+    def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW) -> None:
+        # The prefix makes temp_ids unique across generator processes (a foreign temp_id is
+        # recognised as such) without any coordination.
+        self.prefix: str = prefix if prefix is not None else f"{os.getpid():x}{random.getrandbits(16):04x}-"
+        self._ids = itertools.count(1)
+        self._records: dict[str, _Rec] = {}
+        # Two generations of retired records: O(1) insert and bounded size, no FIFO popping.
+        self._retired: dict[str, _Rec] = {}
+        self._retired_old: dict[str, _Rec] = {}
+        self._retired_window = retired_window
+        self._hwm: dict[str, int] = {}  # room -> highest server id seen in this process
+        self._sent = self._acked = self._ack_timeouts = self._ack_errors = 0
+        self._expected = self._delivered_live = self._recovered = 0
+        self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
+
+    # -- sending side -----------------------------------------------------------------------
+
+    def new_temp_id(self) -> str:
+        """A temp_id unique to this process: ``f"{prefix}{counter}"``."""
+        return f"{self.prefix}{next(self._ids)}"
+
+    def on_sent(self, temp_id: str, room: str, sender: int, members: frozenset[int], intended_t: float) -> None:
+        """A message left: every member but the sender is now expected to receive it.
+
+        ``intended_t`` is the scheduled send time (the latency origin), returned later by
+        :meth:`on_acked` and :meth:`on_live`.
+        """
+        pending = set(members)
+        pending.discard(sender)
+        self._records[temp_id] = [room, intended_t, members, sender, pending, self._hwm.get(room, 0),
+                                  False, None, None]
+        self._sent += 1
+        self._expected += len(pending)
+
+    def on_acked(self, temp_id: str, msg_id: int | None) -> float | None:
+        """The server acked ``temp_id``; returns its intended time, or None if unknown or already settled."""
+        rec = self._records.get(temp_id)
+        if rec is None or rec[_SETTLED]:
+            return None
+        rec[_SETTLED] = True
+        self._acked += 1
+        if msg_id is not None:
+            self._note_id(rec, msg_id)
+        if not rec[_PENDING]:
+            self._retire(temp_id, rec)
+        return rec[_T]
+
+    def on_ack_failed(self, temp_id: str, reason: str) -> None:
+        """The ack never came (``reason == "timeout"``) or was an error; deliveries still count."""
+        rec = self._records.get(temp_id)
+        if rec is None or rec[_SETTLED]:
+            return
+        rec[_SETTLED] = True
+        if reason == "timeout":
+            self._ack_timeouts += 1
+        else:
+            self._ack_errors += 1
+        if not rec[_PENDING]:
+            self._retire(temp_id, rec)
+
+    def void(self, temp_id: str) -> bool:
+        """The message never reached the server: settle its ack as voided and withdraw its
+        pending receivers from ``expected``. False if ``temp_id`` is not in flight."""
+        rec = self._records.get(temp_id)
+        if rec is None:
+            return False
+        self._expected -= len(rec[_PENDING])
+        rec[_PENDING].clear()
+        if not rec[_SETTLED]:
+            rec[_SETTLED] = True
+            self._voided += 1
+        self._retire(temp_id, rec)
+        return True
+
+    # -- receiving side ---------------------------------------------------------------------
+
+    def on_live(self, receiver: int, temp_id: str, msg_id: int | None) -> float | None:
+        """A live new_message reached ``receiver`` (never the sender's own echo).
+
+        Returns the intended send time on a first, expected delivery (the caller records
+        fan-out latency ``now - intended_t``); None for duplicates and unexpected copies.
+        """
+        rec = self._records.get(temp_id)
+        if rec is not None:
+            pending = rec[_PENDING]
+            if receiver in pending:
+                pending.remove(receiver)
+                self._delivered_live += 1
+                if rec[_MSG_ID] is None and msg_id is not None:
+                    self._note_id(rec, msg_id)
+                if not pending and rec[_SETTLED]:
+                    self._retire(temp_id, rec)
+                return rec[_T]
+            self._classify_extra(rec, receiver)
+            return None
+        rec = self._retired.get(temp_id) or self._retired_old.get(temp_id)
+        if rec is not None:
+            self._classify_extra(rec, receiver)
+        elif temp_id.startswith(self.prefix):
+            # ours, retired so long ago it left the window: it was fully delivered before
+            self._duplicates += 1
+        else:
+            self._unexpected += 1
+        return None
+
+    def on_backfill(self, receiver: int, temp_id: str, msg_id: int | None) -> bool:
+        """A REST backfill returned ``temp_id`` to ``receiver``; True if it filled a gap.
+
+        Overlap with a live delivery is normal (the fetch starts before the gap) and is not
+        counted anywhere: the session dedups by id.
+        """
+        rec = self._records.get(temp_id)
+        if rec is None or receiver not in rec[_PENDING]:
+            return False
+        rec[_PENDING].remove(receiver)
+        if rec[_BACKFILLED] is None:
+            rec[_BACKFILLED] = set()
+        rec[_BACKFILLED].add(receiver)
+        self._recovered += 1
+        if msg_id is not None:
+            self._note_id(rec, msg_id)
+        if not rec[_PENDING] and rec[_SETTLED]:
+            self._retire(temp_id, rec)
+        return True
+
+    def note_out_of_order(self) -> None:
+        """The session saw a lower id after a higher one for one (receiver, room)."""
+        self._out_of_order += 1
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def outstanding(self) -> int:
+        """(receiver, message) pairs still pending plus messages whose ack is not settled."""
+        pending_pairs = self._expected - self._delivered_live - self._recovered
+        unsettled = self._sent - self._acked - self._ack_timeouts - self._ack_errors - self._voided
+        return pending_pairs + unsettled
+
+    def missing(self, receiver: int | None = None) -> dict[tuple[int, str], int]:
+        """(receiver, room) -> an ``after`` id for a REST fetch that covers every pending message.
+
+        The value is the smallest ``prev_id`` (room high-water mark at send time) among that
+        receiver's pending messages in that room; ids increase per channel, so each pending
+        message's id is greater. Pass ``receiver`` to restrict the scan's output to one user.
+        """
+        out: dict[tuple[int, str], int] = {}
+        for rec in self._records.values():
+            for r in rec[_PENDING]:
+                if receiver is not None and r != receiver:
+                    continue
+                key = (r, rec[_ROOM])
+                prev = out.get(key)
+                if prev is None or rec[_PREV] < prev:
+                    out[key] = rec[_PREV]
+        return out
+
+    def counts(self) -> LedgerCounts:
+        """A snapshot of the counters (``live_missed`` and ``lost`` derived here)."""
+        live_missed = self._expected - self._delivered_live
+        return LedgerCounts(
+            sent=self._sent, acked=self._acked, ack_timeouts=self._ack_timeouts, ack_errors=self._ack_errors,
+            expected=self._expected, delivered_live=self._delivered_live, live_missed=live_missed,
+            recovered=self._recovered, lost=live_missed - self._recovered, duplicates=self._duplicates,
+            out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
+        )
+
+    def in_flight(self) -> int:
+        """Records not yet retired (for memory checks and debugging)."""
+        return len(self._records)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _note_id(self, rec: _Rec, msg_id: int) -> None:
+        rec[_MSG_ID] = msg_id
+        if msg_id > self._hwm.get(rec[_ROOM], 0):
+            self._hwm[rec[_ROOM]] = msg_id
+
+    def _classify_extra(self, rec: _Rec, receiver: int) -> None:
+        """A live copy for a receiver that is not pending: duplicate, late live, or unexpected."""
+        if receiver == rec[_SENDER] or receiver not in rec[_MEMBERS]:
+            self._unexpected += 1  # e.g. a member that joined after the send
+        elif rec[_BACKFILLED] is not None and receiver in rec[_BACKFILLED]:
+            rec[_BACKFILLED].discard(receiver)  # the one live copy after a backfill: overlap
+        else:
+            self._duplicates += 1
+
+    def _retire(self, temp_id: str, rec: _Rec) -> None:
+        del self._records[temp_id]
+        rec[_PENDING] = None  # free the empty set; retired records only classify stragglers
+        retired = self._retired
+        retired[temp_id] = rec
+        if len(retired) >= self._retired_window:
+            self._retired_old = retired
+            self._retired = {}

@@ -1,0 +1,98 @@
+"""Run a Python server variant in the foreground: ``python -m roombench.servers py --port 8000``.
+
+This is what :func:`roombench.servers.start_server` runs in a subprocess; it is also handy by
+hand. Bad arguments print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+from roombench.servers import VARIANTS
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block), so callers can show it as is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:  # named "int" below, for argparse messages
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
+    return value
+
+
+_port.__name__ = "int"
+
+
+def _non_negative(kind: type) -> object:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" errors
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m roombench.servers``."""
+    runnable = sorted(name for name, spec in VARIANTS.items() if spec.app_factory)
+    parser = _OneLineParser(prog="python -m roombench.servers", description=__doc__)
+    parser.add_argument("variant", choices=runnable, help="server variant")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--token", default=None, help="require this token (auth and REST)")
+    parser.add_argument("--drop-live-every", type=_non_negative(int), default=0, metavar="K",
+                        help="fault: every K-th message per channel is not fanned out live")
+    parser.add_argument("--backfill-empty", action="store_true",
+                        help="fault: REST backfill always answers []")
+    parser.add_argument("--ack-delay-ms", type=_non_negative(float), default=0.0, metavar="X",
+                        help="fault: hold every send_message ack back X ms")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, build the variant's ASGI app and serve it until SIGINT/SIGTERM."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    spec = VARIANTS[args.variant]
+    module_name, _, factory_name = (spec.app_factory or "").partition(":")
+    module = importlib.import_module(module_name)
+    factory = getattr(module, factory_name)
+    faulty = args.drop_live_every or args.backfill_empty or args.ack_delay_ms
+    if faulty and not spec.supports_faults:
+        parser.error(f"server variant {spec.name!r} does not support faults")
+    if spec.supports_faults:
+        faults = module.Faults(
+            drop_live_every=args.drop_live_every,
+            backfill_empty=args.backfill_empty,
+            ack_delay_ms=args.ack_delay_ms,
+        )
+        app = factory(token=args.token, faults=faults)
+    else:
+        app = factory(token=args.token)
+
+    import uvicorn  # late: keeps `--help` and argument errors fast
+
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        # open websockets must not hold a SIGTERM hostage; start_server SIGKILLs after 5 s anyway
+        timeout_graceful_shutdown=1,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ Packets are bytes in, bytes out; JSON goes through orjson. Anything we cannot pa
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import Any, NamedTuple
@@ -103,7 +104,7 @@ class FrameWriter:
         uniform = self.key[0] == self.key[1] == self.key[2] == self.key[3]
         self._table = _xor_table(self.key[0]) if uniform else None
         # the header of every short text frame, ready-made: no packing on the hot path
-        self._short = [_H_SHORT.pack(0x81, 0x80 | n, self.key) for n in range(126)]
+        self._short = _short_headers(self.key)
 
     def text(self, payload: bytes) -> bytes:
         """A final text frame carrying ``payload`` (UTF-8 bytes)."""
@@ -124,6 +125,11 @@ class FrameWriter:
     def close(self, code: int = 1000, reason: str = "") -> bytes:
         """A close frame with a status code and an optional reason."""
         return encode_frame(OP_CLOSE, close_payload(code, reason), self.key)
+
+
+@functools.lru_cache(maxsize=256)  # uniform keys: at most 255 tables per process
+def _short_headers(key: bytes) -> tuple[bytes, ...]:
+    return tuple(_H_SHORT.pack(0x81, 0x80 | n, key) for n in range(126))
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

@@ -35,7 +35,7 @@ class CompatTransport(Transport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._acks = AckTable(self.ack_timeout)
+        self._acks = AckTable(self.ack_timeout, self._report)
         self._ns = self.profile.namespace
         self._known = frozenset(self.profile.events.values())
         self._sio: socketio.Client | None = None
@@ -142,7 +142,7 @@ class CompatTransport(Transport):
         if self._refused is not None:
             return ConnectFailed(f"server refused the connection: {self._refused}")
         try:  # find out what went wrong with one handshake of our own
-            open_websocket(ep, self.connect_timeout).close()
+            open_websocket(ep, min(self.connect_timeout, 3.0)).close()
         except ConnectFailed as precise:
             return precise
         return ConnectFailed(f"could not connect to {self.url}: {exc}")

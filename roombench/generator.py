@@ -172,3 +172,19 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_s": sum(r["cpu_s"] for r in reports),
         "processes": len(reports),
     }
+
+
+def run_for(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> dict[str, Any]:
+    """Run ``users`` sessions for ``duration`` seconds without Locust, finish, report.
+
+    For tests, probes and benchmarks that need the generator but not Locust's runner.
+    Call from a gevent-patched process.
+    """
+    greenlets = []
+    for _ in range(users):
+        greenlets.append(gevent.spawn(gen.new_session().run))
+        gevent.sleep(1.0 / spawn_rate)
+    gevent.sleep(duration)
+    gen.finish()
+    gevent.killall(greenlets, timeout=5)
+    return gen.report()

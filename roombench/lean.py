@@ -1,7 +1,7 @@
 """The lean transport: websocket-client for the opening handshake, our own framing after it.
 
 One greenlet per connection reads into a preallocated buffer, parses every complete
-frame it holds and calls the handlers inline; sends go straight to ``sendall``. Ack
+frame it holds and calls the handlers inline; sends go straight to the socket. Ack
 deadlines and ping timeouts of all transports in the process are checked by one
 sweeper greenlet (:data:`SWEEPER`), not a timer per message.
 """
@@ -152,14 +152,19 @@ def _wait_first(sock: Any) -> tuple[Any, Any, Any]:
 
 
 class AckTable:
-    """Pending acks, id -> (callback, deadline); every callback is called exactly once."""
+    """Pending acks, id -> (callback, deadline); every callback is called exactly once.
 
-    __slots__ = ("pending", "next_id", "timeout")
+    ``on_error(kind, detail)`` hears about a callback that raised while being failed
+    (timeout or disconnect), so one buggy callback cannot keep the others from running.
+    """
 
-    def __init__(self, timeout: float) -> None:
+    __slots__ = ("pending", "next_id", "timeout", "on_error")
+
+    def __init__(self, timeout: float, on_error: Callable[[str, str], None]) -> None:
         self.pending: dict[int, tuple[AckCallback, float]] = {}
         self.next_id = 0
         self.timeout = timeout
+        self.on_error = on_error
 
     def add(self, callback: AckCallback) -> int:
         """Register ``callback`` under a new ack id; its deadline is now + timeout."""
@@ -184,16 +189,19 @@ class AckTable:
             aid = next(iter(pending))
             if pending[aid][1] > now:
                 return
-            entry = pending.pop(aid, None)
-            if entry is not None:
-                entry[0](None, "timeout")
+            self._fail(pending.pop(aid)[0], "timeout")
 
     def fail_all(self, error: str) -> None:
         """Fail every pending ack with ``error``."""
-        while self.pending:
-            entry = self.pending.pop(next(iter(self.pending)), None)
-            if entry is not None:
-                entry[0](None, error)
+        pending, self.pending = self.pending, {}
+        for callback, _ in pending.values():
+            self._fail(callback, error)
+
+    def _fail(self, callback: AckCallback, error: str) -> None:
+        try:
+            callback(None, error)
+        except Exception as exc:  # noqa: BLE001 - report it, then fail the next one
+            self.on_error("handler_error", f"ack callback ({error}): {type(exc).__name__}: {exc}")
 
 
 class _Sweeper:
@@ -280,7 +288,7 @@ class LeanTransport(Transport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._acks = AckTable(self.ack_timeout)
+        self._acks = AckTable(self.ack_timeout, self._report)
         self._ns = self.profile.namespace
         self._p42 = codec.event_prefix(self._ns)
         self._known = frozenset(self.profile.events.values())
@@ -332,7 +340,7 @@ class LeanTransport(Transport):
         """Reset the TCP connection without a close frame; the reconnect loop takes over."""
         conn = self._conn
         if conn is not None:
-            conn.abort("connection dropped by drop()")
+            self._abort(conn, "connection dropped by drop()")
 
     def close(self) -> None:
         """Send 41 and a close frame, stop reconnecting, fail pending acks, end greenlets."""
@@ -362,7 +370,7 @@ class LeanTransport(Transport):
         ep = self._endpoint
         assert ep is not None
         timeout = self.connect_timeout
-        stage = "the TCP connect"
+        stage = "the TCP connect / WebSocket handshake"
         sock = None
         try:
             with gevent.Timeout(timeout) as deadline:
@@ -407,7 +415,7 @@ class LeanTransport(Transport):
                     self._report("connect_error", f"reconnect failed: {exc}")
 
     def _lost(self, conn: _Conn, reason: str) -> None:
-        was_live = self._live is conn
+        was_live = conn.sid is not None
         self._live = None
         conn.sock.close()
         self._acks.fail_all("disconnected")
@@ -459,7 +467,7 @@ class LeanTransport(Transport):
                     frames, used = parse(buf, end)
                 except ProtocolError as exc:
                     self._report("protocol_error", str(exc))
-                    conn.abort(f"unreadable WebSocket frame: {exc}")
+                    self._abort(conn, f"unreadable WebSocket frame: {exc}")
                     return conn.abort_reason
                 if used:
                     end -= used
@@ -545,13 +553,13 @@ class LeanTransport(Transport):
             message = codec.connect_error_message(data)
             if conn.sid is None:
                 conn.refused = message
-                conn.abort(f"server refused the connection: {message}")
+                self._abort(conn, f"server refused the connection: {message}")
             else:
                 self._report("protocol_error", f"CONNECT_ERROR on a connected session: {message}")
         elif t == codec.DISCONNECT:
-            conn.abort("server disconnected the Socket.IO session (41)")
+            self._abort(conn, "server disconnected the Socket.IO session (41)")
         elif t == codec.CLOSE:
-            conn.abort("server closed the Engine.IO session (1)")
+            self._abort(conn, "server closed the Engine.IO session (1)")
         elif t in (codec.BINARY_EVENT, codec.BINARY_ACK):
             raise ProtocolError("binary Socket.IO packets are not supported")
         elif t not in (codec.NOOP, codec.PONG):
@@ -566,7 +574,7 @@ class LeanTransport(Transport):
             except ProtocolError:
                 code, why = None, "malformed close frame"
             self._send_frame(conn, conn.writer.close(1000))
-            conn.abort(f"server closed the WebSocket (code {code}{': ' + why if why else ''})")
+            self._abort(conn, f"server closed the WebSocket (code {code}{': ' + why if why else ''})")
         elif op == codec.OP_BINARY:
             self._report("protocol_error", f"unexpected binary WebSocket message ({len(payload)} bytes)")
 
@@ -589,7 +597,7 @@ class LeanTransport(Transport):
                 conn.sock.sendall(memoryview(frame)[sent:])
             return True
         except OSError as exc:
-            conn.abort(f"send failed: {exc}")
+            self._abort(conn, f"send failed: {exc}")
             return False
         finally:
             conn.busy = False
@@ -605,13 +613,19 @@ class LeanTransport(Transport):
                 conn.waiting -= 1
             return self._send_frame(conn, frame)
 
+    def _abort(self, conn: _Conn, reason: str) -> None:
+        """Reset the connection; emit() returns False from now on, the reader reports it."""
+        if self._live is conn:
+            self._live = None
+        conn.abort(reason)
+
     def _sweep(self, now: float) -> None:
         """Run by :data:`SWEEPER`: expire acks, abort a connection the server stopped pinging."""
         if self._acks.pending:
             self._acks.expire(now)
         conn = self._live
         if conn is not None and now > conn.ping_deadline:
-            conn.abort("ping timeout: no ping from the server within pingInterval + pingTimeout")
+            self._abort(conn, "ping timeout: no ping from the server within pingInterval + pingTimeout")
 
     def _report(self, kind: str, detail: str) -> None:
         try:

@@ -145,10 +145,14 @@ class ChatSession:
         data = {self._f_ch: room, self._f_content: self.content, self._f_temp: temp_id}
         if self._callback:
             self.unconfirmed[temp_id] = 0.0
-            self.transport.emit(self._ev_send, data, lambda p, e: self._on_ack(temp_id, p, e))
+            sent = self.transport.emit(self._ev_send, data, lambda p, e: self._on_ack(temp_id, p, e))
         else:
             self.unconfirmed[temp_id] = intended + sc.ack_timeout
-            self.transport.emit(self._ev_send, data)
+            sent = self.transport.emit(self._ev_send, data)
+        if not sent:  # the connection died under us: nothing left, nobody can expect it
+            del self.unconfirmed[temp_id]
+            gen.ledger.void(temp_id)
+            return
         if sc.read_every and k % sc.read_every == sc.read_every - 1 and room in self.last_id:
             msg_id = self.last_id[room]
             gen.read_sent[(room, self.server_id, msg_id)] = now()

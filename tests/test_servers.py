@@ -309,7 +309,7 @@ def test_start_server_rejects_bad_input() -> None:
         start_server("py", faults={"drop_live_every": -1})
 
 
-@pytest.mark.parametrize("args", [["nope"], ["py", "--port", "x"], ["py", "--ack-delay-ms", "-1"]])
+@pytest.mark.parametrize("args", [["nope"], ["py", "--port", "x"], ["py", "--faults", "{\"ack_delay_ms\": -1}"]])
 def test_cli_bad_args_print_one_line_and_exit_2(args: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "roombench.servers", *args],

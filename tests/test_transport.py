@@ -387,11 +387,17 @@ def test_ping_is_answered_with_pong(kind: str, scripted: Any, make: Any) -> None
 
 
 def test_no_ping_in_time_disconnects_and_reconnects(kind: str, scripted: Any, make: Any) -> None:
+    def pinger(peer: Peer) -> None:
+        while True:
+            gevent.sleep(0.15)
+            peer.send(codec.PING_PACKET)
+
     def script(peer: Peer, n: int) -> None:
         peer.accept(ping_interval_ms=200, ping_timeout_ms=100)
-        while True:  # the second connection gets its pings
-            gevent.sleep(0.15 if n else 10)
-            peer.send(codec.PING_PACKET)
+        pings = gevent.spawn(pinger, peer) if n else None  # the first connection gets none
+        peer.hold()
+        if pings is not None:
+            pings.kill()
 
     transport, rec = make(scripted(script), kind=kind, reconnect=FAST_RECONNECT)
     transport.connect()

@@ -11,6 +11,7 @@ loop must never share a core's time slice by accident, and a stop must leave not
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -173,14 +174,7 @@ def _fault_args(spec: Variant, faults: dict[str, Any]) -> list[str]:
         parsed = Faults(**faults)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad faults {faults!r}: {exc}") from None
-    args = []
-    if parsed.drop_live_every:
-        args += ["--drop-live-every", str(parsed.drop_live_every)]
-    if parsed.backfill_empty:
-        args.append("--backfill-empty")
-    if parsed.ack_delay_ms:
-        args += ["--ack-delay-ms", repr(float(parsed.ack_delay_ms))]
-    return args
+    return ["--faults", json.dumps(asdict(parsed))]
 
 
 def _argv(spec: Variant, host: str, port: int, token: str | None, extra: list[str]) -> list[str]:

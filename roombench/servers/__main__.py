@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import NoReturn, Sequence
 
@@ -31,16 +32,6 @@ def _port(text: str) -> int:  # named "int" below, for argparse messages
 _port.__name__ = "int"
 
 
-def _non_negative(kind: type) -> object:
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" errors
-    return parse
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m roombench.servers``."""
@@ -50,12 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--token", default=None, help="require this token (auth and REST)")
-    parser.add_argument("--drop-live-every", type=_non_negative(int), default=0, metavar="K",
-                        help="fault: every K-th message per channel is not fanned out live")
-    parser.add_argument("--backfill-empty", action="store_true",
-                        help="fault: REST backfill always answers []")
-    parser.add_argument("--ack-delay-ms", type=_non_negative(float), default=0.0, metavar="X",
-                        help="fault: hold every send_message ack back X ms")
+    parser.add_argument("--faults", default="", metavar="JSON",
+                        help='deliberate misbehaviour for tests, e.g. \'{"drop_live_every": 2}\' (see Faults)')
     return parser
 
 
@@ -67,15 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, _, factory_name = (spec.app_factory or "").partition(":")
     module = importlib.import_module(module_name)
     factory = getattr(module, factory_name)
-    faulty = args.drop_live_every or args.backfill_empty or args.ack_delay_ms
-    if faulty and not spec.supports_faults:
+    if args.faults and not spec.supports_faults:
         parser.error(f"server variant {spec.name!r} does not support faults")
     if spec.supports_faults:
-        faults = module.Faults(
-            drop_live_every=args.drop_live_every,
-            backfill_empty=args.backfill_empty,
-            ack_delay_ms=args.ack_delay_ms,
-        )
+        try:
+            faults = module.Faults(**json.loads(args.faults or "{}"))
+        except (ValueError, TypeError) as exc:
+            parser.error(f"bad --faults {args.faults!r}: {exc}")
         app = factory(token=args.token, faults=faults)
     else:
         app = factory(token=args.token)

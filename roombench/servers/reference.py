@@ -46,11 +46,20 @@ class Faults:
     ``backfill_empty``: the REST backfill always answers ``[]``.
     ``ack_delay_ms``: every ``send_message`` ack is held back this long (the live fan-out
     is not delayed).
+    ``duplicate_every``: every message whose id is a multiple of K is fanned out twice.
+    ``garbage_every``: after every K-th message, a malformed ``new_message`` (a bare
+    string) goes to the room.
+    ``backfill_status``: the REST backfill answers this HTTP status (e.g. 500) with no body.
+    ``backfill_garbage``: the REST backfill answers 200 with a body that is not JSON.
     """
 
     drop_live_every: int = 0
     backfill_empty: bool = False
     ack_delay_ms: float = 0.0
+    duplicate_every: int = 0
+    garbage_every: int = 0
+    backfill_status: int = 0
+    backfill_garbage: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.drop_live_every, int) or self.drop_live_every < 0:
@@ -184,6 +193,10 @@ class _LiveHandlers:
         message = self.store.append(channel_id, sender, data["content"], data["temp_id"])
         if not self.faults.drops(message["id"]):
             await self.sio.emit("new_message", message, room=channel_id)
+            if _every(self.faults.duplicate_every, message["id"]):
+                await self.sio.emit("new_message", message, room=channel_id)
+            if _every(self.faults.garbage_every, message["id"]):
+                await self.sio.emit("new_message", "garbage", room=channel_id)
         elif channel_id in self.sio.rooms(sid):
             await self.sio.emit("new_message", message, to=sid)
         if self.ack_delay:
@@ -276,9 +289,17 @@ class _RestApp:
                 raise _BadRequest("after must be >= 0 and limit >= 1")
         except _BadRequest as exc:
             return _json(400, _error(str(exc)))
+        if self.faults.backfill_status:
+            return self.faults.backfill_status, b"", b"text/plain"
+        if self.faults.backfill_garbage:
+            return 200, b"<html>not json", b"text/html"
         if self.faults.backfill_empty:
             return _json(200, [])
         return _json(200, self.store.after(channel_id, after, min(limit, MAX_LIMIT)))
+
+
+def _every(k: int, message_id: int) -> bool:
+    return k > 0 and message_id % k == 0
 
 
 def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:

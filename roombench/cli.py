@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     r = sub.add_parser("run", help="one headless run (starts the embedded reference server unless --host)")
-    r.add_argument("--host", help="server base URL, e.g. http://127.0.0.1:8000 (default: embedded reference server)")
+    r.add_argument("--host", help="server base URL, e.g. http://127.0.0.1:8000; several comma-separated URLs spread users over them (default: embedded reference server)")
     r.add_argument("--users", type=int, default=20, help="simulated app sessions (default 20)")
     r.add_argument("--spawn-rate", type=float, default=20.0, help="users started per second (default 20)")
     r.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")

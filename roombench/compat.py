@@ -69,12 +69,13 @@ class CompatTransport(Transport):
         )
         self._closing.clear()
         SWEEPER.add(self, self._sweep)
+        self._sio = sio  # before connect(): on_connect handlers emit (e.g. their joins)
         try:
             sio.connect(**self._connect_args)
         except (socketio.exceptions.ConnectionError, ValueError) as exc:
+            self._sio = None
             SWEEPER.discard(self)
             raise self._why_not(ep, exc) from None
-        self._sio = sio
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""

@@ -35,13 +35,16 @@ class Generator:
     """Per-process state of one run; create a new one for every test start."""
 
     def __init__(self, host: str, scenario: Scenario, profile: Profile = DEFAULT_PROFILE) -> None:
-        self.host = host.rstrip("/")
+        # Several comma-separated base URLs (one server spread over processes): users
+        # are spread round-robin; any of them serves the REST backfill.
+        self.hosts = [h.strip().rstrip("/") for h in host.split(",") if h.strip()]
+        self.host = ",".join(self.hosts)
         self.scenario = scenario
         self.profile = profile
         self.ledger = Ledger()
         self.metrics = Metrics()
         self.registry = RoomRegistry()
-        self.rest = BackfillClient(self.host, profile, scenario.token or None)
+        self.rest = BackfillClient(self.hosts[0], profile, scenario.token or None)
         self.errors: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
         self.counters: Counter[str] = Counter()
@@ -175,15 +178,18 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_for(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> dict[str, Any]:
-    """Run ``users`` sessions for ``duration`` seconds without Locust, finish, report.
+    """Connect ``users`` sessions, then run them ``duration`` seconds without Locust, finish, report.
 
     For tests, probes and benchmarks that need the generator but not Locust's runner.
     Call from a gevent-patched process.
     """
-    greenlets = []
-    for _ in range(users):
-        greenlets.append(gevent.spawn(gen.new_session().run))
+    sessions = []
+    for _ in range(users):  # connect and join everyone first: the load starts complete
+        sessions.append(gen.new_session())
+        gevent.spawn(sessions[-1].start)
         gevent.sleep(1.0 / spawn_rate)
+    gevent.joinall([gevent.spawn(s.joined.wait, gen.scenario.ack_timeout) for s in sessions])
+    greenlets = [gevent.spawn(s.run) for s in sessions]
     gevent.sleep(duration)
     gen.finish()
     gevent.killall(greenlets, timeout=5)

@@ -174,9 +174,16 @@ class AckTable:
         return aid
 
     def resolve(self, aid: int, payload: Any) -> bool:
-        """Call the callback of ``aid`` with ``payload``; False when it already completed."""
+        """Call the callback of ``aid`` with ``payload``; False when the ack is late.
+
+        Late means: already failed, or past its deadline (then it fails with "timeout"
+        now, so the timeout is exact whatever the sweep interval).
+        """
         entry = self.pending.pop(aid, None)
         if entry is None:
+            return False
+        if entry[1] < _now():
+            self.fail(entry[0], "timeout")
             return False
         entry[0](payload, None)
         return True
@@ -189,15 +196,16 @@ class AckTable:
             aid = next(iter(pending))
             if pending[aid][1] > now:
                 return
-            self._fail(pending.pop(aid)[0], "timeout")
+            self.fail(pending.pop(aid)[0], "timeout")
 
     def fail_all(self, error: str) -> None:
         """Fail every pending ack with ``error``."""
         pending, self.pending = self.pending, {}
         for callback, _ in pending.values():
-            self._fail(callback, error)
+            self.fail(callback, error)
 
-    def _fail(self, callback: AckCallback, error: str) -> None:
+    def fail(self, callback: AckCallback, error: str) -> None:
+        """Call ``callback`` with ``error``; a raising callback is reported, not raised."""
         try:
             callback(None, error)
         except Exception as exc:  # noqa: BLE001 - report it, then fail the next one
@@ -506,9 +514,11 @@ class LeanTransport(Transport):
                     if i > 2 and p[2:i].isdigit():
                         args = _loads(p[i:])
                         entry = self._acks.pending.pop(int(p[2:i]), None)
-                        if entry is not None:
+                        if entry is not None and entry[1] >= _now():  # AckTable.resolve, inlined
                             entry[0](args[0] if args else None, None)
                         else:
+                            if entry is not None:
+                                self._acks.fail(entry[0], "timeout")
                             self._report("late_ack", f"ack {int(p[2:i])} arrived after its timeout")
                         return
             self._on_packet(conn, *codec.decode_packet(p))

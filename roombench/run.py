@@ -87,7 +87,8 @@ def run(opts: RunOptions) -> int:
             host = server.url
         else:
             host = opts.host
-        preflight(host, scenario.token or None)
+        for one in host.split(","):
+            preflight(one.strip(), scenario.token or None)
         summary = _run_locust(opts, host, out, scenario)
     finally:
         if server is not None:

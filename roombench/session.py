@@ -64,7 +64,7 @@ class ChatSession:
         policy = ReconnectPolicy(delay=sc.reconnect_delay, delay_max=sc.reconnect_delay_max)
         handlers = Handlers(self._on_connect, self._on_disconnect, self._on_event, gen.error)
         self.transport = make_transport(
-            sc.transport, gen.host, p, handlers, token=sc.token or None,
+            sc.transport, gen.hosts[user_no % len(gen.hosts)], p, handlers, token=sc.token or None,
             auth_extra={p.field("user_id"): self.user_id}, reconnect=policy, ack_timeout=sc.ack_timeout)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -84,7 +84,7 @@ class ChatSession:
     def run(self) -> None:
         """The open-loop send loop, with forced drops; returns when the run stops."""
         sc, gen = self.gen.scenario, self.gen
-        while not gen.stopping and not self.start():
+        while not gen.stopping and not self.joined.is_set() and not self.start():
             gevent.sleep(min(5.0, sc.reconnect_delay * 2) * random.uniform(0.5, 1.5))
         t0 = now()
         sends = OpenLoop(sc.rate, t0)

@@ -150,6 +150,18 @@ def test_unknown_transport_kind(kind: str) -> None:
         make_transport("x", "http://127.0.0.1:1", DEFAULT_PROFILE, Recorder().handlers)
 
 
+def test_on_connect_can_emit_on_every_connect(kind: str, ref_server: ServerProcess, make: Any) -> None:
+    # sessions re-join their rooms from on_connect, on the first connect and every reconnect
+    transport, rec = make(ref_server.url, kind=kind, reconnect=FAST_RECONNECT)
+    joins = Acks()
+    rec.handlers.on_connect = lambda again: transport.emit(DEFAULT_PROFILE.event("join"), {"room": room()}, joins)
+    transport.connect()
+    assert wait_until(lambda: len(joins.calls) == 1)
+    transport.drop()
+    assert wait_until(lambda: len(joins.calls) == 2, timeout=5.0)
+    assert joins.calls == [({"ok": True, "last_id": None}, None)] * 2
+
+
 # ---------------------------------------------------------------------- events and acks
 
 
@@ -206,6 +218,18 @@ def test_ack_timeout_fires_once_and_late_ack_is_reported(kind: str, slow_server:
     assert wait_until(lambda: bool(rec.errors), timeout=3.0)
     assert [kind_ for kind_, _ in rec.errors] == ["late_ack"]
     assert ack.calls == [(None, "timeout")]  # still exactly once
+
+
+def test_ack_after_its_deadline_is_a_timeout_even_before_the_sweep(kind: str, slow_server: ServerProcess,
+                                                                   make: Any) -> None:
+    # the deadline passes 50 ms before the ack arrives, well inside one sweep interval
+    transport, rec = make(slow_server.url, kind=kind, ack_timeout=ACK_DELAY_MS / 1000 - 0.05)
+    transport.connect()
+    ack = Acks()
+    assert send(transport, room(), "t", ack)
+    assert wait_until(lambda: bool(ack.calls) and bool(rec.errors), timeout=3.0)
+    gevent.sleep(0.3)
+    assert ack.calls == [(None, "timeout")] and [k for k, _ in rec.errors] == ["late_ack"]
 
 
 # ---------------------------------------------------------------------- losing the connection

@@ -2,8 +2,9 @@
 
 Each of C connections joins a room of its own and runs a closed loop of send_message
 with ack (the ack callback sends the next one), so every ack also brings the sender's
-own new_message echo: one frame out, two in. CPU is this process's time.process_time()
-over the measured window, divided by the acks in it; the server runs in its own process.
+own new_message echo: one frame out, two in. CPU is this process's user + system time
+(= time.process_time()) over the measured window, divided by the acks in it; the server
+runs in its own process. System time includes the kernel's loopback TCP work on our sends.
 Rounds alternate which transport goes first so drift on a shared machine hits both.
 
     python bench/bench_transport.py [--connections 50] [--duration 5] [--rounds 2]
@@ -14,6 +15,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -87,9 +89,10 @@ def run_round(kind: str, url: str, connections: int, duration: float) -> dict[st
     try:
         gevent.joinall([gevent.spawn(loop.start) for loop in loops], raise_error=True, timeout=60)
         gevent.sleep(min(1.0, duration / 4))  # warm-up, not measured
-        acks0, cpu0, wall0 = stats["acks"], time.process_time(), time.perf_counter()
+        acks0, (user0, sys0), wall0 = stats["acks"], _cpu(), time.perf_counter()
         gevent.sleep(duration)
-        acks, cpu, wall = stats["acks"] - acks0, time.process_time() - cpu0, time.perf_counter() - wall0
+        (user1, sys1), wall = _cpu(), time.perf_counter() - wall0
+        acks, user, system = stats["acks"] - acks0, user1 - user0, sys1 - sys0
     finally:
         for loop in loops:
             loop.running = False
@@ -98,8 +101,15 @@ def run_round(kind: str, url: str, connections: int, duration: float) -> dict[st
             gevent.sleep(0.05)
         for loop in loops:
             loop.transport.close()
-    return {"acks_per_s": acks / wall, "us_per_ack": cpu / max(acks, 1) * 1e6,
-            "cpu_share": cpu / wall, "errors": stats["errors"]}
+    per_ack = 1e6 / max(acks, 1)
+    return {"acks_per_s": acks / wall, "us_per_ack": (user + system) * per_ack, "user_us": user * per_ack,
+            "sys_us": system * per_ack, "cpu_share": (user + system) / wall, "errors": stats["errors"]}
+
+
+def _cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process; their sum is time.process_time()."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def main() -> None:
@@ -123,8 +133,8 @@ def main() -> None:
                 r = run_round(kind, server.url, connections, duration)
                 results[kind].append(r)
                 print(f"round {rnd + 1} {kind:7s} {r['acks_per_s']:9.0f} acks/s  "
-                      f"{r['us_per_ack']:7.1f} µs CPU/ack  client CPU {r['cpu_share']:5.0%}  "
-                      f"errors {r['errors']:.0f}")
+                      f"{r['us_per_ack']:7.1f} µs CPU/ack (user {r['user_us']:.1f} + sys {r['sys_us']:.1f})  "
+                      f"client CPU {r['cpu_share']:4.0%}  errors {r['errors']:.0f}")
     print("\nmedian over rounds:")
     print(f"{'transport':10s} {'acks/s':>9s} {'µs CPU/ack':>11s}")
     for kind, rs in results.items():

@@ -39,6 +39,9 @@ PING_PACKET = b"2"
 PONG_PACKET = b"3"
 CLOSE_PACKET = b"1"
 
+#: a frame payload: bytes, or bytearray when parsed from a bytearray buffer
+Payload = bytes | bytearray
+
 _H_SHORT = struct.Struct("!BB4s")
 _H_MEDIUM = struct.Struct("!BBH4s")
 _H_LONG = struct.Struct("!BBQ4s")
@@ -76,7 +79,7 @@ def _xor_table(k: int) -> bytes:
     return bytes(b ^ k for b in range(256))
 
 
-def encode_frame(opcode: int, payload: bytes, key: bytes | None, fin: bool = True) -> bytes:
+def encode_frame(opcode: int, payload: bytes | bytearray, key: bytes | None, fin: bool = True) -> bytes:
     """One frame; masked with ``key`` (client to server) or unmasked when key is None."""
     n = len(payload)
     b0 = (0x80 if fin else 0) | opcode
@@ -118,7 +121,7 @@ class FrameWriter:
             return _H_MEDIUM.pack(0x81, 0xFE, n, self.key) + payload.translate(table)
         return _H_LONG.pack(0x81, 0xFF, n, self.key) + payload.translate(table)
 
-    def pong(self, payload: bytes = b"") -> bytes:
+    def pong(self, payload: bytes | bytearray = b"") -> bytes:
         """A pong answering a ping with ``payload``."""
         return encode_frame(OP_PONG, payload, self.key)
 
@@ -164,16 +167,21 @@ class FrameParser:
 
     def __init__(self) -> None:
         self._frag_op = 0
-        self._frags: list[bytes] = []
+        self._frags: list[Payload] = []
 
-    def parse(self, buf: bytearray | memoryview | bytes, end: int | None = None) -> tuple[list[tuple[int, Any]], int]:
+    def parse(
+        self, buf: bytearray | bytes | memoryview, end: int | None = None
+    ) -> tuple[list[tuple[int, Payload]], int]:
         """Parse ``buf[:end]``; see the class docstring.
 
-        Payloads are slices of ``buf`` (bytearray for a bytearray buffer): one copy each.
+        Payloads are slices of ``buf`` (bytearray for a bytearray buffer): copies, safe to
+        keep after the buffer is reused. A memoryview is copied once to bytes first.
         """
+        if isinstance(buf, memoryview):
+            buf = buf.tobytes()
         if end is None:
             end = len(buf)
-        out: list[tuple[int, Any]] = []
+        out: list[tuple[int, Payload]] = []
         append = out.append
         pos = 0
         while end - pos >= 2:
@@ -203,7 +211,7 @@ class FrameParser:
             pos = stop
         return out, pos
 
-    def _slow_frame(self, b0: int, payload: bytes, append: Any) -> None:
+    def _slow_frame(self, b0: int, payload: Payload, append: Any) -> None:
         if b0 & 0x70:
             raise ProtocolError(f"frame with reserved bits set (0x{b0 & 0x70:02x}); no extension was negotiated")
         fin = b0 & 0x80
@@ -313,11 +321,10 @@ def encode_connect_error(message: str, namespace: str = "/") -> bytes:
     return b"44" + _ns(namespace) + orjson.dumps({"message": message})
 
 
-def encode_open(sid: str, ping_interval_ms: int = 25000, ping_timeout_ms: int = 20000, max_payload: int = 1000000) -> bytes:
+def encode_open(sid: str, ping_interval_ms: int = 25000, ping_timeout_ms: int = 20000) -> bytes:
     """The Engine.IO open packet ``0{...}`` a server sends first."""
-    return b"0" + orjson.dumps(
-        {"sid": sid, "upgrades": [], "pingInterval": ping_interval_ms, "pingTimeout": ping_timeout_ms, "maxPayload": max_payload}
-    )
+    return b"0" + orjson.dumps({"sid": sid, "upgrades": [], "pingInterval": ping_interval_ms,
+                                "pingTimeout": ping_timeout_ms, "maxPayload": 1000000})
 
 
 def _loads(raw: bytes | bytearray | memoryview, what: str) -> Any:

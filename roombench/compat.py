@@ -7,6 +7,9 @@ beyond it: ack timeouts and fail-on-disconnect with the callback called exactly 
 (the same :class:`~roombench.lean.AckTable` and sweeper as the lean transport), a
 reconnect after the server ends the session (python-socketio gives up there), and
 handlers that never leak a traceback into python-socketio's logger.
+
+One difference stays: python-socketio's reconnect jitter is +-``jitter`` *seconds*, not a
+fraction of the delay as in :class:`~roombench.transport.ReconnectPolicy`.
 """
 
 from __future__ import annotations

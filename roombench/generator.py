@@ -58,6 +58,13 @@ class Generator:
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()
         self._t1: float | None = None
         self._cpu1: float | None = None
+        if scenario.warmup > 0:
+            gevent.spawn_later(scenario.warmup, self._end_warmup)
+
+    def _end_warmup(self) -> None:
+        if not self.finished:
+            self.metrics.reset()
+            self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def rooms_for(self, user_no: int) -> list[str]:
         """The rooms of user number ``user_no`` (unique to this process and run)."""

@@ -498,7 +498,7 @@ class LeanTransport(Transport):
         finally:
             view.release()
 
-    def _on_text(self, conn: _Conn, p: bytes) -> None:
+    def _on_text(self, conn: _Conn, p: codec.Payload) -> None:
         """One Engine.IO packet. Events and acks on the default namespace take the short
         way (prefix by bytes, one orjson call); everything else goes through the codec."""
         try:
@@ -575,7 +575,7 @@ class LeanTransport(Transport):
         elif t not in (codec.NOOP, codec.PONG):
             raise ProtocolError(f"unexpected Engine.IO packet type {t}")
 
-    def _on_control(self, conn: _Conn, op: int, payload: bytes) -> None:
+    def _on_control(self, conn: _Conn, op: int, payload: codec.Payload) -> None:
         if op == codec.OP_PING:
             self._send_frame(conn, conn.writer.pong(payload))
         elif op == codec.OP_CLOSE:

@@ -201,6 +201,11 @@ class Metrics:
         if agg is not None:
             agg.add(values, self._bucket_fn)
 
+    def reset(self) -> None:
+        """Forget every sample so far (end of a warm-up); Locust still gets them."""
+        self.flush()
+        self._hist = {name: new_histogram() for name in METRICS}
+
     def histogram(self, name: str) -> HdrHistogram:
         """The (flushed) histogram of one metric; values are microseconds."""
         self.flush()

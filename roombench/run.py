@@ -61,7 +61,7 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
     """The Locust child's command line."""
     cmd = [
         sys.executable, "-m", "locust", "-f", str(Path(locustfile.__file__)), "--headless",
-        "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{math.ceil(opts.duration)}s",
+        "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{math.ceil(opts.duration + scenario.warmup)}s",
         "--host", host, "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
         "--summary-out", str(out / "summary.json"),
     ]
@@ -108,7 +108,7 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> d
     cmd = locust_command(opts, host, out, scenario)
     if not opts.quiet:
         print(f"roombench: {opts.users} users x {scenario.rate} msg/s for {opts.duration:g} s against {host}", flush=True)
-    limit = opts.duration + 2 * scenario.drain + 60
+    limit = opts.duration + scenario.warmup + 2 * scenario.drain + 60
     with open(out / "locust.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -29,6 +29,7 @@ class Scenario:
     reconnect_delay: float = 1.0  # first reconnect backoff (socket.io default), then x2
     reconnect_delay_max: float = 30.0
     drain: float = 10.0  # max seconds to wait for in-flight messages at the end
+    warmup: float = 0.0  # seconds at the start whose latency samples are discarded
 
     def validate(self) -> Scenario:
         """Raise UsageError naming the first bad option."""
@@ -44,6 +45,7 @@ class Scenario:
             (self.ack_timeout > 0, "--ack-timeout must be > 0"),
             (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
             (self.drain >= 0, "--drain must be >= 0"),
+            (self.warmup >= 0, "--warmup must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,6 +81,7 @@ OPTION_HELP: dict[str, str] = {
     "reconnect_delay": "first reconnect delay in seconds (doubles up to --reconnect-delay-max, +-50%% jitter)",
     "reconnect_delay_max": "longest reconnect delay in seconds",
     "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
+    "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
 }
 
 

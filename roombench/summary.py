@@ -11,17 +11,15 @@ import operator
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .exceptions import UsageError
+from .machine import git_revision, versions
 from .metrics import METRICS
 
 SCHEMA = "roombench.summary/1"
@@ -86,26 +84,6 @@ def _delivery_keys() -> list[str]:
     return [*LedgerCounts().to_dict(), "sends_skipped_offline", "forced_drops"]
 
 
-def versions() -> dict[str, str]:
-    """Versions of what produced the numbers."""
-    out = {"python": platform.python_version()}
-    for pkg in ("roombench", "locust", "python-socketio", "python-engineio", "websocket-client", "hdrhistogram", "orjson", "gevent"):
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def git_revision() -> str | None:
-    """The source tree's git revision, if it is a checkout."""
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
-
-
 def build_summary(merged: dict[str, Any], *, target: str, scenario: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary dict from merged process reports (see generator.merge_reports)."""
     metrics = merged["metrics"]
@@ -161,12 +139,17 @@ def write_json(path: str | Path, data: Any) -> None:
         raise
 
 
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; UsageError (one line) if it is missing or malformed."""
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
 def load_summary(path: str | Path) -> dict[str, Any]:
     """Read a summary.json of any readable schema version; UsageError otherwise."""
-    try:
-        data = orjson.loads(Path(path).read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read summary {path}: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("schema") not in READABLE:
         raise UsageError(f"{path} is not a roombench summary (schema {data.get('schema') if isinstance(data, dict) else None!r})")
     return data
@@ -199,9 +182,3 @@ def format_table(summary: dict[str, Any]) -> str:
     for v in summary["slo"]:
         lines.append(f"SLO {v['slo']}: {'PASS' if v['ok'] else 'FAIL'} (value {_fmt(v['value'])})")
     return "\n".join(lines)
-
-
-def fail(message: str, code: int = 2) -> int:
-    """Print one clear error line; the CLI's exit code."""
-    print(f"roombench: error: {message}", file=sys.stderr)
-    return code

@@ -8,6 +8,7 @@ missing over REST, and closes every session; ``report`` is the mergeable result.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
@@ -15,10 +16,12 @@ from typing import Any
 
 import gevent
 import gevent.pool
+import numpy as np
+from hdrh.histogram import HdrHistogram
 
 from .exceptions import BackfillError
 from .ledger import Ledger, LedgerCounts
-from .metrics import Metrics
+from .metrics import Metrics, add_histogram, add_values, new_histogram, percentiles, to_micros
 from .protocol import DEFAULT_PROFILE, Profile
 from .rest import BackfillClient
 from .rooms import RoomRegistry, rooms_for
@@ -29,6 +32,8 @@ logger = logging.getLogger("roombench")
 
 #: a run with no delivery progress for this long while every user is whole is drained
 QUIET_S = 1.0
+#: event-loop lag probe: how late a greenlet that should wake every LAG_INTERVAL_S wakes
+LAG_INTERVAL_S = 0.05
 
 
 class Generator:
@@ -58,12 +63,34 @@ class Generator:
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()
         self._t1: float | None = None
         self._cpu1: float | None = None
+        # Import the transports now, not when the first user spawns: a 0.1-0.3 s import
+        # in mid-spawn stalls every greenlet (and the lag probe would rightly say so).
+        from . import compat, lean  # noqa: F401
+
+        # Everything alive now (Locust, gevent, numpy...) lives for the whole run: keep the
+        # collector from re-scanning it, or full collections pause the loop for ~60 ms.
+        gc.collect()
+        gc.freeze()
+
+        self._lag: list[float] = []
+        gevent.spawn(self._probe_lag)
         if scenario.warmup > 0:
             gevent.spawn_later(scenario.warmup, self._end_warmup)
+
+    def _probe_lag(self) -> None:
+        """Sample event-loop lag: a busy generator wakes its greenlets late, and every
+        latency it measures is then inflated by about that much."""
+        clock, lag = time.perf_counter, self._lag
+        while not self.stopping:
+            t = clock()
+            gevent.sleep(LAG_INTERVAL_S)
+            if not self.stopping:  # Locust's own stop (inspect.stack(), ~50 ms) is not ours
+                lag.append(clock() - t - LAG_INTERVAL_S)
 
     def _end_warmup(self) -> None:
         if not self.finished:
             self.metrics.reset()
+            self._lag.clear()
             self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def rooms_for(self, user_no: int) -> list[str]:
@@ -144,7 +171,10 @@ class Generator:
         t1 = self._t1 if self._t1 is not None else time.perf_counter()
         cpu1 = self._cpu1 if self._cpu1 is not None else time.process_time()
         self.metrics.flush()
+        lag = new_histogram()
+        add_values(lag, to_micros(np.array(self._lag, dtype=np.float64)))
         return {
+            "loop_lag": lag.encode().decode("ascii"),
             "metrics": self.metrics.encode(),
             "ledger": self.ledger.counts().to_dict(),
             "errors": dict(self.errors),
@@ -164,7 +194,9 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     counters: Counter[str] = Counter()
     samples: dict[str, str] = {}
+    lag = new_histogram()
     for r in reports:
+        add_histogram(lag, HdrHistogram.decode(r["loop_lag"]))
         metrics.merge(Metrics.decode(r["metrics"]))
         counts = counts + LedgerCounts.from_dict(r["ledger"])
         errors.update(r["errors"])
@@ -181,6 +213,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_s": max((r["wall_s"] for r in reports), default=0.0),
         "cpu_s": sum(r["cpu_s"] for r in reports),
         "processes": len(reports),
+        "cpu_max_fraction": max((r["cpu_s"] / max(r["wall_s"], 1e-9) for r in reports), default=0.0),
+        "loop_lag_p99_ms": percentiles(lag, [99.0])[99.0] / 1000.0 if lag.total_count else 0.0,
     }
 
 

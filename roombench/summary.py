@@ -84,6 +84,23 @@ def _delivery_keys() -> list[str]:
     return [*LedgerCounts().to_dict(), "sends_skipped_offline", "forced_drops"]
 
 
+#: a generator is saturated (its numbers are suspect) past either threshold
+SATURATED_LAG_P99_MS = 20.0
+SATURATED_CPU_FRACTION = 0.90
+
+
+def saturation(merged: dict[str, Any]) -> list[str]:
+    """Why this run's numbers cannot be trusted (empty: they can)."""
+    why = []
+    if merged["loop_lag_p99_ms"] > SATURATED_LAG_P99_MS:
+        why.append(f"event-loop lag p99 {merged['loop_lag_p99_ms']:.1f} ms > {SATURATED_LAG_P99_MS:g} ms")
+    if merged["cpu_max_fraction"] > SATURATED_CPU_FRACTION:
+        why.append(f"a generator process used {100 * merged['cpu_max_fraction']:.0f}% of a core "
+                   f"(> {100 * SATURATED_CPU_FRACTION:.0f}%)")
+    return why
+
+
+
 def build_summary(merged: dict[str, Any], *, target: str, scenario: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary dict from merged process reports (see generator.merge_reports)."""
     metrics = merged["metrics"]
@@ -106,6 +123,9 @@ def build_summary(merged: dict[str, Any], *, target: str, scenario: dict[str, An
                 "processes": merged["processes"],
                 "cpu_s": round(merged["cpu_s"], 3),
                 "cpu_pct": round(100.0 * merged["cpu_s"] / wall, 1),
+                "loop_lag_p99_ms": round(merged["loop_lag_p99_ms"], 3),
+                "saturated": bool(saturation(merged)),
+                "saturation": saturation(merged),
             },
             **(extra or {}),
         },
@@ -179,6 +199,8 @@ def format_table(summary: dict[str, Any]) -> str:
     gen = summary["metadata"]["generator"]
     lines.append(f"generator: cpu {gen['cpu_pct']}% of a core over {summary['metadata']['duration_s']} s, "
                  f"{gen['processes']} process(es), {summary['metadata']['users']} users")
+    for why in gen.get("saturation", []):
+        lines.append(f"WARNING: generator saturated, latencies are inflated: {why}")
     for v in summary["slo"]:
         lines.append(f"SLO {v['slo']}: {'PASS' if v['ok'] else 'FAIL'} (value {_fmt(v['value'])})")
     return "\n".join(lines)

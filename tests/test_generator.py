@@ -122,3 +122,35 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     from roombench.metrics import Metrics
 
     return Metrics.decode(report["metrics"]).summary()
+
+
+def test_overloaded_generator_flags_itself(ref_server: Any) -> None:
+    import time
+
+    import gevent
+
+    from roombench.generator import merge_reports
+    from roombench.summary import saturation
+
+    gen = Generator(ref_server.url, replace(FAST, room_size=2))
+
+    def hog() -> None:  # blocks the event loop 200 ms at a time, as a saturated core would
+        while not gen.stopping:
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.2:
+                pass
+            gevent.sleep(0.001)
+
+    gevent.spawn(hog)
+    merged = merge_reports([run_for(gen, 2, 1.5)])
+    assert merged["loop_lag_p99_ms"] > 100
+    reasons = saturation(merged)
+    assert any("event-loop lag" in why for why in reasons)
+    assert any("of a core" in why for why in reasons)
+
+
+def test_idle_generator_is_not_saturated(ref_server: Any) -> None:
+    from roombench.generator import merge_reports
+
+    merged = merge_reports([run(ref_server.url, replace(FAST, rate=1.0, room_size=2), users=2, duration=1.5)])
+    assert merged["loop_lag_p99_ms"] < 20

@@ -3,8 +3,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_DIR := roombench/servers/node
 
-.PHONY: setup bench test clean
+.PHONY: setup setup-servers bench test sweep clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,11 +15,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The other server variants: Node's socket.io (pinned by package-lock.json) and a
+# redis-server for the scale-out variants (Debian package; needs root for apt-get).
+setup-servers: $(NODE_DIR)/node_modules/.package-lock.json
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+
 bench: setup
 	$(BIN)/roombench run --users 20 --duration 10 --drop-every 5 --slo 'ack.p99<250' --slo 'lost==0'
 
-test: setup
+test: setup setup-servers
 	$(BIN)/python -m pytest -q
 
+sweep: setup setup-servers
+	$(BIN)/roombench sweep bench/default.toml
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(NODE_DIR)/node_modules

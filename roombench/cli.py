@@ -1,4 +1,4 @@
-"""`roombench <verb>`: run, serve. Exit codes: 0 ok, 1 a gate failed, 2 usage or input error."""
+"""`roombench <verb>`: run, sweep, plot, check, serve. Exit codes: 0 ok, 1 a gate failed, 2 usage or input error."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 from .exceptions import RoombenchError, UsageError
+from .protocol import DEFAULT_PROFILE, ack_follows_profile, load_profile
 from .scenario import Scenario, add_arguments
+
+_PROFILE_HELP = ("profile TOML naming the server's events, fields, path, namespace, token placement and backfill "
+                 "URL (a path, or a shipped profile's name: default, renamed-example); default: the contract's names")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,15 +22,37 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--host", help="server base URL, e.g. http://127.0.0.1:8000; several comma-separated URLs spread users over them (default: embedded reference server)")
     r.add_argument("--users", type=int, default=20, help="simulated app sessions (default 20)")
     r.add_argument("--spawn-rate", type=float, default=20.0, help="users started per second (default 20)")
+    r.add_argument("--processes", type=int, default=1,
+                   help="generator processes (Locust master + N workers); results are merged")
     r.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")
     r.add_argument("--out", type=Path, help="result folder (default results/<run-id>/)")
     r.add_argument("--slo", action="append", default=[], metavar="EXPR",
                    help="gate, repeatable: 'ack.p99<50' (ms), 'fanout.p999<=100', 'lost==0', 'errors==0'")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.add_argument("--profile", metavar="FILE", help=_PROFILE_HELP)
     add_arguments(r)
+    ack_follows_profile(r)
+
+    c = sub.add_parser("check", help="conformance probe: which contract points does a server get wrong?")
+    c.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
+    c.add_argument("--profile", metavar="FILE", help=_PROFILE_HELP)
+    c.add_argument("--token", default=None, help="auth token (the check also tries a wrong one)")
+    c.add_argument("--timeout", type=float, default=3.0,
+                   help="seconds each contract point may take (default 3; the whole check at most 5 times that)")
+
+    w = sub.add_parser("sweep", help="server variants x load steps from a TOML file -> results/<run-id>/")
+    w.add_argument("file", type=Path, help="sweep file, e.g. bench/smoke.toml")
+    w.add_argument("--resume", type=Path, metavar="DIR", help="finish an interrupted sweep in DIR")
+    w.add_argument("--plot", action="store_true", help="also write the figures and report.md when done")
+
+    pl = sub.add_parser("plot", help="PNG figures and report.md from a sweep's result folder")
+    pl.add_argument("folder", type=Path, help="results/<run-id>")
+    pl.add_argument("--step", type=int, help="step for the spectra and phases (default: highest all variants ran)")
 
     s = sub.add_parser("serve", help="run a server variant in the foreground")
-    s.add_argument("variant", choices=["py"], help="server variant")
+    from .servers import VARIANTS
+
+    s.add_argument("variant", choices=sorted(VARIANTS), help="server variant")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", default=None, help="require this auth token")
@@ -35,39 +61,111 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        # the check runs the generator's transport: gevent first, before ssl & co. are imported
+        from gevent import monkey
+
+        monkey.patch_all()
     args = _parser().parse_args(argv)
     try:
         if args.verb == "run":
             return _run(args)
         if args.verb == "serve":
             return _serve(args)
+        if args.verb == "check":
+            return _check(args)
+        if args.verb == "sweep":
+            return _sweep(args)
+        if args.verb == "plot":
+            return _plot(args)
     except KeyboardInterrupt:
         print("roombench: interrupted", file=sys.stderr)
         return 130
-    except UsageError as exc:
-        print(f"roombench: error: {exc}", file=sys.stderr)
-        return 2
-    except RoombenchError as exc:
+    except RoombenchError as exc:  # UsageError included
         print(f"roombench: error: {exc}", file=sys.stderr)
         return 2
     return 2
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    out = sweep(args.file, resume=args.resume)
+    if args.plot:
+        from .plot import plot_all
+
+        plot_all(out)
+    print(out)  # last line: the run folder, for scripts
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import plot_all
+
+    for path in plot_all(args.folder, args.step):
+        print(path)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .run import RunOptions, run
 
-    opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, duration=args.duration,
-                      out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet)
+    profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
+    args.ack = profile.ack_for(args.ack)
+    opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, processes=args.processes, duration=args.duration,
+                      out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet,
+                      profile=profile)
     return run(opts)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import check, format_results
+    from .probe import ws_url
+
+    profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
+    ws_url(args.url, profile, args.token)  # a malformed URL is a usage error, not a failed check
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be > 0 seconds")
+    results = check(args.url, profile, args.token, args.timeout)
+    print(format_results(results, args.url, profile), flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from .servers import VARIANTS
     from .servers.__main__ import main as serve_main
 
+    spec = VARIANTS[args.variant]
+    if not spec.app_factory or spec.processes > 1 or spec.redis:
+        return _serve_managed(args)
     argv = [args.variant, "--host", args.host, "--port", str(args.port)]
     if args.token:
         argv += ["--token", args.token]
     return serve_main(argv)
+
+
+def _serve_managed(args: argparse.Namespace) -> int:
+    """A variant of several processes (or a foreign one): start it, print its URL(s) and
+    wait for Ctrl-C or SIGTERM. Several processes get the ports --port, --port + 1, …"""
+    import signal
+    import time
+
+    from .servers import start_server
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt  # so a SIGTERM, too, stops every child before we exit
+
+    signal.signal(signal.SIGTERM, stop)
+    with start_server(args.variant, host=args.host, port=args.port, token=args.token) as server:
+        print(f"roombench: {args.variant} serving at {server.url} (Ctrl-C stops it)", flush=True)
+        try:
+            while server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        print(f"roombench: error: {args.variant} exited; log tail:\n{server.log_tail()}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 from . import locustfile
 from .exceptions import RoombenchError, UsageError
 from .probe import preflight
+from .protocol import DEFAULT_PROFILE, Profile, load_profile
 from .scenario import Scenario
 from .servers import ServerProcess, start_server
 from .summary import apply_slos, format_table, load_summary, parse_slo, write_json
@@ -40,6 +41,22 @@ class RunOptions:
     slos: list[str] = field(default_factory=list)
     scenario: Scenario = field(default_factory=Scenario)
     quiet: bool = False
+    #: generator processes (Locust --processes): rooms stay inside one process each
+    processes: int = 1
+    #: how the server names the contract: a Profile, or a profile file's path or shipped name
+    #: (loaded at construction; None: the contract's names). The caller folds its ack_mode
+    #: into scenario.ack (Profile.ack_for) unless the user chose an ack.
+    profile: Profile | str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.profile, Profile):
+            self.profile = load_profile(self.profile) if self.profile else DEFAULT_PROFILE
+
+    @property
+    def wire(self) -> Profile:
+        """The profile, loaded."""
+        assert isinstance(self.profile, Profile)
+        return self.profile
 
     def validate(self) -> None:
         """UsageError for the first bad option."""
@@ -49,6 +66,11 @@ class RunOptions:
             raise UsageError("--spawn-rate must be > 0")
         if self.duration < 1:
             raise UsageError("--duration must be >= 1 second")
+        if self.processes < 1:
+            raise UsageError("--processes must be >= 1")
+        if self.host is None and not self.wire.speaks_like(DEFAULT_PROFILE):
+            raise UsageError(f"profile {self.wire.name!r} names the contract differently from the embedded "
+                             "reference server: pass --host for a server that speaks it")
         self.scenario.validate()
 
 
@@ -65,8 +87,12 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
         "--host", host, "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
         "--summary-out", str(out / "summary.json"),
     ]
+    if opts.processes > 1:
+        cmd += ["--processes", str(opts.processes)]
     for f in fields(Scenario):
         cmd += ["--" + f.name.replace("_", "-"), str(getattr(scenario, f.name))]
+    if opts.wire.source:
+        cmd += ["--server-profile", opts.wire.source]
     return cmd
 
 
@@ -88,7 +114,7 @@ def run(opts: RunOptions) -> int:
         else:
             host = opts.host
         for one in host.split(","):
-            preflight(one.strip(), scenario.token or None)
+            preflight(one.strip(), scenario.token or None, opts.wire)
         summary = _run_locust(opts, host, out, scenario)
     finally:
         if server is not None:

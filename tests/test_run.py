@@ -89,3 +89,15 @@ def test_wrong_token_is_one_line(tmp_path: Path, ref_server: Any) -> None:
     res = roombench("run", "--host", ref_server.url, "--token", "wrong", "--out", str(tmp_path), timeout=30)
     _one_line_exit_2(res, "refused")
     assert REF_TOKEN not in res.stderr
+
+
+@pytest.mark.timeout(120)
+def test_processes_merge_into_one_summary(tmp_path: Path) -> None:
+    res = roombench("run", *SMALL, "--processes", "2", "--out", str(tmp_path), "--slo", "lost==0", timeout=100)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert s["metadata"]["generator"]["processes"] == 2
+    assert s["metadata"]["users"] == 6
+    d = s["delivery"]
+    assert d["sent"] == d["acked"] > 0 and d["expected"] == d["delivered_live"] + d["recovered"]
+    assert s["latency_ms"]["ack"]["count"] == d["acked"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +29,7 @@ from typing import Any, Callable
 
 from roombench.exceptions import ServerError, UsageError
 
-__all__ = ["VARIANTS", "Variant", "ServerProcess", "start_server", "free_port"]
+__all__ = ["VARIANTS", "Variant", "ServerProcess", "start_server", "start_external", "free_port"]
 
 READY_TIMEOUT = 15.0
 _LOG_TAIL_BYTES = 2000
@@ -40,7 +42,10 @@ class Variant:
 
     ``app_factory`` ("module:function") builds an ASGI app from ``token=`` and ``faults=``;
     ``python -m roombench.servers <name>`` serves it. ``command``, when given, replaces that:
-    it gets (host, port, token) and returns the argv of a foreign server.
+    it gets (host, port, token) and returns the argv of a foreign server. ``processes``: how
+    many processes of it :func:`start_server` runs, one port each (the generator spreads
+    users over their URLs). ``redis``: :func:`start_server` first starts a private
+    ``redis-server`` and passes every process ``--redis redis://127.0.0.1:P/0``.
     """
 
     name: str
@@ -48,6 +53,26 @@ class Variant:
     app_factory: str | None = None
     supports_faults: bool = False
     command: Callable[[str, int, str | None], list[str]] | None = None
+    processes: int = 1
+    redis: bool = False
+
+
+#: the node variant's package: server.js, package.json and (after `npm ci`) node_modules
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def _node_command(host: str, port: int, token: str | None) -> list[str]:
+    """argv of the node variant; raises :class:`ServerError` when node or its packages are missing."""
+    node = shutil.which("node")
+    if node is None:
+        raise ServerError("server variant 'node' needs Node.js (>= 20) on PATH: `node` was not found")
+    if not (NODE_DIR / "node_modules" / "socket.io").is_dir():
+        raise ServerError(
+            f"server variant 'node' has no node_modules in {NODE_DIR}; "
+            "run: npm ci --prefix roombench/servers/node"
+        )
+    argv = [node, str(NODE_DIR / "server.js"), "--host", host, "--port", str(port)]
+    return argv if token is None else argv + ["--token", token]
 
 
 VARIANTS: dict[str, Variant] = {
@@ -55,6 +80,42 @@ VARIANTS: dict[str, Variant] = {
         name="py",
         description="python-socketio AsyncServer on uvicorn, one process, in memory",
         app_factory="roombench.servers.reference:create_app",
+        supports_faults=True,
+    ),
+    "py-renamed": Variant(
+        name="py-renamed",
+        description="the py server under profiles/renamed-example.toml: other event and field names, "
+        "path /rt/, namespace /chat, token in the query, wrapped backfill",
+        app_factory="roombench.servers.renamed:create_app",
+        supports_faults=True,
+    ),
+    "py-redis": Variant(
+        name="py-redis",
+        description="the py app in 2 uvicorn processes sharing rooms (AsyncRedisManager) "
+        "and messages (sorted sets) through one redis-server",
+        app_factory="roombench.servers.redis_store:create_app",
+        processes=2,
+        redis=True,
+    ),
+    "node": Variant(
+        name="node",
+        description="Node's official socket.io server on node:http, one process, in memory",
+        supports_faults=True,
+        command=_node_command,
+    ),
+    "node-redis": Variant(
+        name="node-redis",
+        description="the node server in 2 processes sharing rooms (@socket.io/redis-adapter) "
+        "and messages (sorted sets) through one redis-server",
+        command=_node_command,
+        processes=2,
+        redis=True,
+    ),
+    "ws": Variant(
+        name="ws",
+        description="plain WebSocket (JSON envelope, no Socket.IO) on uvicorn, one process, in memory; "
+        "needs --transport ws",
+        app_factory="roombench.servers.wsserver:create_app",
         supports_faults=True,
     ),
 }
@@ -69,7 +130,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class ServerProcess:
-    """A running server variant; ``stop()`` (or leaving the ``with`` block) ends it by pid."""
+    """A running server variant; ``stop()`` (or leaving the ``with`` block) ends it by pid.
+
+    A variant of several processes is still one ServerProcess: ``url`` is the comma-joined
+    base URLs of all of them (what the generator's ``host`` takes), ``pid`` and ``port`` are
+    the first one's, ``pids`` lists every process it started, backing services (redis-server,
+    whose URL is ``redis_url``) last.
+    """
 
     variant: str
     pid: int
@@ -78,21 +145,31 @@ class ServerProcess:
     log_path: str
     _proc: subprocess.Popen = field(repr=False)
     _own_log: bool = field(default=False, repr=False)
+    #: the other server processes, and the backing services they need (stopped after them)
+    _more: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    _services: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    redis_url: str | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of every server process."""
+        return self.url.split(",")
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process this server started: server processes first, backing services last."""
+        return [proc.pid for proc in self._procs()]
 
     @property
     def running(self) -> bool:
-        """True while the server process has not exited."""
-        return self._proc.poll() is None
+        """True while every process of the server is alive."""
+        return all(proc.poll() is None for proc in self._procs())
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the server, SIGKILL it if it is still there after ``timeout`` s; idempotent."""
-        if self._proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self._proc.wait()
+        """SIGTERM the server processes, SIGKILL those still there after ``timeout`` s, then
+        the same for backing services; idempotent."""
+        _terminate([self._proc, *self._more], timeout)
+        _terminate(self._services, timeout)
         _live.pop(self.pid, None)
         if self._own_log:
             Path(self.log_path).unlink(missing_ok=True)
@@ -102,11 +179,8 @@ class ServerProcess:
         """The last ``max_bytes`` of the server's stdout+stderr."""
         return _tail(self.log_path, max_bytes)
 
-    def _signal(self, sig: signal.Signals) -> None:
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:  # exited between poll() and kill()
-            pass
+    def _procs(self) -> list[subprocess.Popen]:
+        return [self._proc, *self._more, *self._services]
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -125,6 +199,19 @@ def _stop_leftovers() -> None:
         server.stop(timeout=2.0)
 
 
+def _terminate(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM all of ``procs`` at once, SIGKILL whoever is left after ``timeout`` s."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)  # a no-op for a process already reaped
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def start_server(
     variant: str,
     *,
@@ -137,7 +224,8 @@ def start_server(
 ) -> ServerProcess:
     """Start ``variant`` as a subprocess and return it once ``GET /healthz`` answers 200.
 
-    ``port=0`` picks a free port (retrying if another process grabs it first). ``faults``
+    ``port=0`` picks free ports (retrying if another process grabs one first); a variant of
+    N processes given ``port=P`` uses P … P+N-1. ``faults``
     holds :class:`roombench.servers.reference.Faults` fields, e.g. ``{"drop_live_every": 2}``.
     The server's stdout and stderr go to ``log_path`` (a temporary file when None, removed
     on stop). Raises :class:`UsageError` for an unknown variant or fault and
@@ -148,16 +236,36 @@ def start_server(
         known = ", ".join(sorted(VARIANTS))
         raise UsageError(f"unknown server variant {variant!r}; known: {known}")
     extra = _fault_args(spec, faults or {})
+    return _start(spec, port, token, extra, host, log_path, ready_timeout)
+
+
+def start_external(name: str, command: str, *, token: str | None = None, log_path: str | None = None,
+                   ready_timeout: float = READY_TIMEOUT) -> ServerProcess:
+    """Start a server of the user's own from a command template with ``{host}``, ``{port}``
+    and ``{token}`` placeholders; ready when ``GET /healthz`` answers 200."""
+    def argv(host: str, port: int, tok: str | None) -> list[str]:
+        try:
+            return shlex.split(command.format(host=host, port=port, token=tok or ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UsageError(f"bad command for variant {name!r}: {command!r} ({exc})") from None
+
+    spec = Variant(name=name, description=f"external: {command}", command=argv)
+    return _start(spec, 0, token, [], "127.0.0.1", log_path, ready_timeout)
+
+
+def _start(spec: Variant, port: int, token: str | None, extra: list[str], host: str, log_path: str | None,
+           ready_timeout: float) -> ServerProcess:
     attempts = _PORT_ATTEMPTS if port == 0 else 1
     for attempt in range(1, attempts + 1):
-        chosen = port or free_port(host)
-        server = _spawn(spec, host, chosen, token, extra, log_path)
+        server = None
         try:
+            server = _spawn(spec, host, port, token, extra, log_path)
             _wait_ready(server, ready_timeout)
             return server
-        except ServerError:
-            taken = "address already in use" in server.log_tail().lower()
-            server.stop()
+        except ServerError as exc:
+            taken = "address already in use" in str(exc).lower()
+            if server is not None:
+                server.stop()
             if not (taken and attempt < attempts):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
@@ -179,7 +287,7 @@ def _fault_args(spec: Variant, faults: dict[str, Any]) -> list[str]:
 
 def _argv(spec: Variant, host: str, port: int, token: str | None, extra: list[str]) -> list[str]:
     if spec.command is not None:
-        return spec.command(host, port, token)
+        return spec.command(host, port, token) + extra  # a foreign server takes --faults JSON too
     argv = [sys.executable, "-m", "roombench.servers", spec.name]
     argv += ["--host", host, "--port", str(port)]
     if token is not None:
@@ -190,20 +298,86 @@ def _argv(spec: Variant, host: str, port: int, token: str | None, extra: list[st
 def _spawn(
     spec: Variant, host: str, port: int, token: str | None, extra: list[str], log_path: str | None
 ) -> ServerProcess:
+    """Start every process of ``spec`` (``port=0``: on free ports) and register the result."""
+    ports = [port + i for i in range(spec.processes)] if port else _free_ports(host, spec.processes)
+    argvs = [_argv(spec, host, p, token, extra) for p in ports]  # first: may raise, no log yet
     own_log = log_path is None
     if own_log:
         fd, log_path = tempfile.mkstemp(prefix=f"roombench-{spec.name}-", suffix=".log")
         os.close(fd)
+    started: list[subprocess.Popen] = []
+    redis_url = None
+    try:
+        if spec.redis:
+            redis_url = _start_redis(log_path, started)
+            argvs = [argv + ["--redis", redis_url] for argv in argvs]
+        for argv in argvs:
+            started.append(_popen(argv, log_path))
+    except BaseException:  # Ctrl-C included: nothing may outlive a failed start
+        _terminate(started[::-1], 2.0)
+        if own_log:
+            Path(log_path).unlink(missing_ok=True)
+        raise
+    services = started[:1] if spec.redis else []
+    procs = started[len(services):]
+    url = ",".join(_base_url(host, p) for p in ports)
+    server = ServerProcess(spec.name, procs[0].pid, url, ports[0], log_path, procs[0], own_log,
+                           procs[1:], services, redis_url)
+    _live[server.pid] = server
+    return server
+
+
+def _popen(argv: list[str], log_path: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            _argv(spec, host, port, token, extra),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
-    url = _base_url(host, port)
-    server = ServerProcess(spec.name, proc.pid, url, port, log_path, proc, own_log)
-    _live[proc.pid] = server
-    return server
+
+
+def _free_ports(host: str, n: int) -> list[int]:
+    # hold every socket until all are bound, so the n ports differ
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = [socket.socket(family) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _start_redis(log_path: str, started: list[subprocess.Popen]) -> str:
+    """Start a private, memory-only redis-server on a free loopback port; its URL once it
+    answers PING. The process is appended to ``started`` at once, for the caller to stop."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ServerError(
+            "redis-server is not on PATH; install it (Debian/Ubuntu: apt-get install -y redis-server)"
+        )
+    port = free_port("127.0.0.1")
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", tempfile.gettempdir(), "--loglevel", "warning"]
+    proc = _popen(argv, log_path)
+    started.append(proc)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not _redis_pong(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            state = "did not answer PING" if proc.poll() is None else f"exited with code {proc.returncode}"
+            tail = _tail(log_path, _LOG_TAIL_BYTES)
+            raise ServerError(f"redis-server on port {port} {state}; log tail:\n{tail}")
+        time.sleep(0.02)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")  # an inline command: no RESP framing needed
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _base_url(host: str, port: int) -> str:
@@ -220,17 +394,20 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def _wait_ready(server: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    pending = server.urls
     while True:
-        if not server.running:
+        dead = next((proc for proc in server._procs() if proc.poll() is not None), None)
+        if dead is not None:
             raise ServerError(
-                f"server variant {server.variant!r} exited with code {server._proc.returncode} "
+                f"server variant {server.variant!r} exited with code {dead.returncode} "
                 f"before it was ready on {server.url}; log tail:\n{server.log_tail()}"
             )
-        if _healthy(server.url):
+        pending = [url for url in pending if not _healthy(url)]
+        if not pending:
             return
         if time.monotonic() > deadline:
             raise ServerError(
-                f"server variant {server.variant!r} did not answer GET {server.url}/healthz "
+                f"server variant {server.variant!r} did not answer GET {pending[0]}/healthz "
                 f"with 200 within {timeout:g} s; log tail:\n{server.log_tail()}"
             )
         time.sleep(0.05)

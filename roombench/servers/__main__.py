@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None, help="require this token (auth and REST)")
     parser.add_argument("--faults", default="", metavar="JSON",
                         help='deliberate misbehaviour for tests, e.g. \'{"drop_live_every": 2}\' (see Faults)')
+    parser.add_argument("--redis", default="", metavar="URL",
+                        help="Redis URL, for the variants that share state through Redis (py-redis)")
     return parser
 
 
@@ -56,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     factory = getattr(module, factory_name)
     if args.faults and not spec.supports_faults:
         parser.error(f"server variant {spec.name!r} does not support faults")
+    if bool(args.redis) != spec.redis:
+        parser.error(f"server variant {spec.name!r} {'needs' if spec.redis else 'does not take'} --redis")
+    kwargs = {"redis_url": args.redis} if spec.redis else {}
     if spec.supports_faults:
         try:
             faults = module.Faults(**json.loads(args.faults or "{}"))
@@ -63,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"bad --faults {args.faults!r}: {exc}")
         app = factory(token=args.token, faults=faults)
     else:
-        app = factory(token=args.token)
+        app = factory(token=args.token, **kwargs)
 
     import uvicorn  # late: keeps `--help` and argument errors fast
 

@@ -19,6 +19,7 @@ import asyncio
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -79,12 +80,26 @@ class _Channel:
 
 
 class RoomStore:
-    """All messages of all channels, in memory; ids are 1, 2, 3… per channel."""
+    """All messages of all channels, in memory; ids are 1, 2, 3… per channel.
+
+    The live handlers and the REST app only use the async methods below, so a shared store
+    (:class:`roombench.servers.redis_store.RedisRoomStore`) can stand in for this one.
+    """
+
+    #: True for a store that fans every stored message out itself (a shared store must, so
+    #: that all processes deliver a channel's messages in id order); the handlers then don't.
+    publishes = False
 
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
 
-    def append(self, channel_id: str, sender_id: str, content: str, temp_id: str) -> Message:
+    async def start(self, sio: socketio.AsyncServer) -> None:
+        """Called once at app startup, before the server answers anything."""
+
+    async def close(self) -> None:
+        """Called once at app shutdown."""
+
+    async def append(self, channel_id: str, sender_id: str, content: str, temp_id: str) -> Message:
         """Store a message under the channel's next id and return it."""
         channel = self._channels.get(channel_id)
         if channel is None:
@@ -101,14 +116,14 @@ class RoomStore:
         channel.messages.append(message)
         return message
 
-    def last_id(self, channel_id: str) -> int | None:
+    async def last_id(self, channel_id: str) -> int | None:
         """The newest id in the channel, or None when it has no messages (or does not exist)."""
         channel = self._channels.get(channel_id)
         if channel is None or not channel.messages:
             return None
         return channel.messages[-1]["id"]
 
-    def after(self, channel_id: str, after: int, limit: int) -> list[Message]:
+    async def after(self, channel_id: str, after: int, limit: int) -> list[Message]:
         """At most ``limit`` messages with id > ``after``, in id order."""
         channel = self._channels.get(channel_id)
         if channel is None:
@@ -117,15 +132,23 @@ class RoomStore:
         return channel.messages[start : start + limit]
 
 
-def create_app(token: str | None = None, faults: Faults | None = None) -> socketio.ASGIApp:
+def create_app(
+    token: str | None = None,
+    faults: Faults | None = None,
+    store: RoomStore | None = None,
+    client_manager: socketio.AsyncManager | None = None,
+) -> socketio.ASGIApp:
     """Build the reference server as an ASGI app (run it with uvicorn).
 
     ``token``: when set, Socket.IO connects must carry ``auth={"token": token}`` and REST
     requests ``Authorization: Bearer <token>``. ``faults``: see :class:`Faults`.
+    ``store`` (default: a new in-memory :class:`RoomStore`) and ``client_manager`` (default:
+    python-socketio's in-process one) let several processes share rooms and messages.
     """
     faults = faults or Faults()
-    store = RoomStore()
+    store = store if store is not None else RoomStore()
     sio = socketio.AsyncServer(
+        client_manager=client_manager,
         async_mode="asgi",
         cors_allowed_origins="*",
         transports=["websocket"],
@@ -134,7 +157,10 @@ def create_app(token: str | None = None, faults: Faults | None = None) -> socket
     )
     _LiveHandlers(sio, store, token, faults)
     rest = _RestApp(store, token, faults)
-    return socketio.ASGIApp(sio, other_asgi_app=rest, socketio_path="socket.io")
+    return socketio.ASGIApp(
+        sio, other_asgi_app=rest, socketio_path="socket.io",
+        on_startup=partial(store.start, sio), on_shutdown=store.close,
+    )
 
 
 def _error(message: str) -> dict[str, str]:
@@ -177,7 +203,7 @@ class _LiveHandlers:
         if not _is_str(data, "room"):
             return _error('join needs {"room": <string>}')
         await self.sio.enter_room(sid, data["room"])
-        return {"ok": True, "last_id": self.store.last_id(data["room"])}
+        return {"ok": True, "last_id": await self.store.last_id(data["room"])}
 
     async def leave(self, sid: str, data: Any = None) -> dict[str, Any]:
         if not _is_str(data, "room"):
@@ -190,7 +216,15 @@ class _LiveHandlers:
             return _error('send_message needs {"channel_id", "content", "temp_id"}, all strings')
         channel_id = data["channel_id"]
         sender = self.users.get(sid, sid)
-        message = self.store.append(channel_id, sender, data["content"], data["temp_id"])
+        message = await self.store.append(channel_id, sender, data["content"], data["temp_id"])
+        if not self.store.publishes:  # a shared store fans out itself, in id order
+            await self._fan_out(sid, message)
+        if self.ack_delay:
+            await asyncio.sleep(self.ack_delay)
+        return {"id": message["id"], "temp_id": message["temp_id"]}
+
+    async def _fan_out(self, sid: str, message: Message) -> None:
+        channel_id = message["channel_id"]
         if not self.faults.drops(message["id"]):
             await self.sio.emit("new_message", message, room=channel_id)
             if _every(self.faults.duplicate_every, message["id"]):
@@ -199,9 +233,6 @@ class _LiveHandlers:
                 await self.sio.emit("new_message", "garbage", room=channel_id)
         elif channel_id in self.sio.rooms(sid):
             await self.sio.emit("new_message", message, to=sid)
-        if self.ack_delay:
-            await asyncio.sleep(self.ack_delay)
-        return {"id": message["id"], "temp_id": message["temp_id"]}
 
     async def typing(self, sid: str, data: Any = None) -> dict[str, str] | None:
         if not _is_str(data, "channel"):
@@ -244,22 +275,19 @@ class _RestApp:
         self.auth = None if token is None else b"Bearer " + token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] == "websocket":
             # a websocket to any path but /socket.io/: refuse the handshake (HTTP 403)
             await receive()
             await send({"type": "websocket.close", "code": 1008})
             return
-        status, body, content_type = self.route(scope)
+        status, body, content_type = await self.route(scope)
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         if status == 405:
             headers.append((b"allow", b"GET"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def route(self, scope: Scope) -> tuple[int, bytes, bytes]:
+    async def route(self, scope: Scope) -> tuple[int, bytes, bytes]:
         """Answer one request: (status, body, content type)."""
         # raw_path keeps %2F apart from "/", so a channel id may contain a slash
         raw = scope.get("raw_path") or scope["path"].encode()
@@ -268,7 +296,7 @@ class _RestApp:
             return self._only_get(scope) or (200, b"ok", b"text/plain; charset=utf-8")
         if len(parts) == 4 and parts[1] == b"channels" and parts[2] and parts[3] == b"messages":
             channel_id = unquote_to_bytes(parts[2]).decode("utf-8", "replace")
-            return self._only_get(scope) or self.messages(scope, channel_id)
+            return self._only_get(scope) or await self.messages(scope, channel_id)
         return _json(404, _error("not found"))
 
     @staticmethod
@@ -277,7 +305,7 @@ class _RestApp:
             return None
         return _json(405, _error("method not allowed; use GET"))
 
-    def messages(self, scope: Scope, channel_id: str) -> tuple[int, bytes, bytes]:
+    async def messages(self, scope: Scope, channel_id: str) -> tuple[int, bytes, bytes]:
         """The backfill: messages with id > after, in id order, at most limit."""
         if self.auth is not None and dict(scope["headers"]).get(b"authorization") != self.auth:
             return _json(401, _error("missing or invalid bearer token"))
@@ -295,7 +323,7 @@ class _RestApp:
             return 200, b"<html>not json", b"text/html"
         if self.faults.backfill_empty:
             return _json(200, [])
-        return _json(200, self.store.after(channel_id, after, min(limit, MAX_LIMIT)))
+        return _json(200, await self.store.after(channel_id, after, min(limit, MAX_LIMIT)))
 
 
 def _every(k: int, message_id: int) -> bool:
@@ -305,13 +333,3 @@ def _every(k: int, message_id: int) -> bool:
 def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:
     return status, orjson.dumps(payload), b"application/json"
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    # engineio's ASGIApp hands lifespan to the other app when it has no hooks of its own
-    while True:
-        event = await receive()
-        if event["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif event["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

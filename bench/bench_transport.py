@@ -1,4 +1,4 @@
-"""Lean vs compat transport: acks/s and generator CPU per ack against the reference server.
+"""Lean vs compat (vs ws) transport: acks/s and generator CPU per ack against the reference server.
 
 Each of C connections joins a room of its own and runs a closed loop of send_message
 with ack (the ack callback sends the next one), so every ack also brings the sender's
@@ -6,8 +6,10 @@ own new_message echo: one frame out, two in. CPU is this process's user + system
 (= time.process_time()) over the measured window, divided by the acks in it; the server
 runs in its own process. System time includes the kernel's loopback TCP work on our sends.
 Rounds alternate which transport goes first so drift on a shared machine hits both.
+The ``ws`` transport (plain WebSocket) runs against the ``ws`` server variant, the others
+against ``py``; both servers run for the whole benchmark.
 
-    python bench/bench_transport.py [--connections 50] [--duration 5] [--rounds 2]
+    python bench/bench_transport.py [--connections 50] [--duration 5] [--rounds 2] [--transports lean,compat,ws]
 """
 
 from gevent import monkey
@@ -24,7 +26,7 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
 from roombench.protocol import DEFAULT_PROFILE  # noqa: E402
-from roombench.servers import start_server  # noqa: E402
+from roombench.servers import ServerProcess, start_server  # noqa: E402
 from roombench.transport import Handlers, Transport, make_transport  # noqa: E402
 
 TOKEN = "secret"
@@ -113,33 +115,44 @@ def _cpu() -> tuple[float, float]:
 
 
 def main() -> None:
-    """Parse options, start the server, alternate rounds, print a side-by-side table."""
+    """Parse options, start the servers, alternate rounds, print a side-by-side table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured window")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--transports", default="lean,compat")
+    parser.add_argument("--transports", default="lean,compat", help="comma-separated: lean, compat, ws")
     args = parser.parse_args()
     connections = max(1, min(args.connections, MAX_CONNECTIONS))
     duration = max(0.5, min(args.duration, MAX_DURATION))
     kinds = [k.strip() for k in args.transports.split(",") if k.strip()]
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    with start_server("py", token=TOKEN) as server:
-        print(f"server {server.variant} pid {server.pid} at {server.url}; "
-              f"{connections} connections, {duration:g} s windows, {args.rounds} rounds")
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for variant in dict.fromkeys(_variant(kind) for kind in kinds):
+            server = servers[variant] = start_server(variant, token=TOKEN)
+            print(f"server {server.variant} pid {server.pid} at {server.url}; "
+                  f"{connections} connections, {duration:g} s windows, {args.rounds} rounds")
         for rnd in range(max(1, args.rounds)):
             order = kinds if rnd % 2 == 0 else kinds[::-1]
             for kind in order:
-                r = run_round(kind, server.url, connections, duration)
+                r = run_round(kind, servers[_variant(kind)].url, connections, duration)
                 results[kind].append(r)
                 print(f"round {rnd + 1} {kind:7s} {r['acks_per_s']:9.0f} acks/s  "
                       f"{r['us_per_ack']:7.1f} µs CPU/ack (user {r['user_us']:.1f} + sys {r['sys_us']:.1f})  "
                       f"client CPU {r['cpu_share']:4.0%}  errors {r['errors']:.0f}")
+    finally:
+        for server in servers.values():
+            server.stop()
     print("\nmedian over rounds:")
     print(f"{'transport':10s} {'acks/s':>9s} {'µs CPU/ack':>11s}")
     for kind, rs in results.items():
         print(f"{kind:10s} {statistics.median(r['acks_per_s'] for r in rs):9.0f} "
               f"{statistics.median(r['us_per_ack'] for r in rs):11.1f}")
+
+
+def _variant(kind: str) -> str:
+    """The server variant a transport kind talks to."""
+    return "ws" if kind == "ws" else "py"
 
 
 if __name__ == "__main__":

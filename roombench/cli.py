@@ -121,10 +121,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .check import check, format_results
-    from .probe import ws_url
+    from .probe import check_url
 
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
-    ws_url(args.url, profile, args.token)  # a malformed URL is a usage error, not a failed check
+    check_url(args.url)  # a malformed URL is a usage error, not a failed check
     if not args.timeout > 0:
         raise UsageError("--timeout must be > 0 seconds")
     results = check(args.url, profile, args.token, args.timeout)

@@ -65,7 +65,7 @@ class Generator:
         self._cpu1: float | None = None
         # Import the transports now, not when the first user spawns: a 0.1-0.3 s import
         # in mid-spawn stalls every greenlet (and the lag probe would rightly say so).
-        from . import compat, lean  # noqa: F401
+        from . import compat, lean, wsplain  # noqa: F401
 
         # Everything alive now (Locust, gevent, numpy...) lives for the whole run: keep the
         # collector from re-scanning it, or full collections pause the loop for ~60 ms.

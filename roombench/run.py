@@ -109,12 +109,13 @@ def run(opts: RunOptions) -> int:
         if opts.host is None:
             if not scenario.token:
                 scenario = Scenario(**{**scenario.__dict__, "token": EMBEDDED_TOKEN})
-            server = start_server("py", token=scenario.token, log_path=str(out / "server.log"))
+            variant = "ws" if scenario.transport == "ws" else "py"  # the embedded server speaks it
+            server = start_server(variant, token=scenario.token, log_path=str(out / "server.log"))
             host = server.url
         else:
             host = opts.host
         for one in host.split(","):
-            preflight(one.strip(), scenario.token or None, opts.wire)
+            preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
         summary = _run_locust(opts, host, out, scenario)
     finally:
         if server is not None:

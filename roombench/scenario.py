@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from .exceptions import UsageError
 
-Transport = Literal["lean", "compat"]
+Transport = Literal["lean", "compat", "ws"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Scenario:
     room_size: int = 10
     rooms_per_user: int = 1
     rate: float = 1.0  # messages per second per user (open loop)
+    window: int = 0  # closed loop: at most this many unconfirmed messages per user; 0 = open loop at rate
     size: int = 64  # bytes of message content
     ack: Literal["callback", "echo"] = "callback"
     drop_every: float = 0.0  # mean seconds between forced TCP aborts per user; 0 = never
@@ -37,10 +38,11 @@ class Scenario:
             (self.room_size >= 1, "--room-size must be >= 1"),
             (self.rooms_per_user >= 1, "--rooms-per-user must be >= 1"),
             (self.rate > 0, "--rate must be > 0 messages/s per user"),
+            (self.window >= 0, "--window must be >= 0 (0 = open loop at --rate)"),
             (0 <= self.size <= 1_000_000, "--size must be between 0 and 1000000 bytes"),
             (self.ack in ("callback", "echo"), "--ack must be callback or echo"),
             (self.drop_every >= 0, "--drop-every must be >= 0 seconds"),
-            (self.transport in ("lean", "compat"), "--transport must be lean or compat"),
+            (self.transport in ("lean", "compat", "ws"), "--transport must be lean, compat or ws"),
             (self.typing_every >= 0 and self.read_every >= 0, "--typing-every/--read-every must be >= 0"),
             (self.ack_timeout > 0, "--ack-timeout must be > 0"),
             (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
@@ -70,10 +72,13 @@ OPTION_HELP: dict[str, str] = {
     "room_size": "members per room",
     "rooms_per_user": "rooms each user joins",
     "rate": "messages per second per user (open loop; latency counts from the intended send time)",
+    "window": "closed loop instead of --rate: each user keeps at most N messages unconfirmed and sends the next "
+    "as soon as one is confirmed; measures capacity, but latency then counts from the actual send and hides "
+    "stalls (coordinated omission), so measure latency with the open loop; 0 = open loop",
     "size": "message content size in bytes",
     "ack": "confirmation: callback (Socket.IO ack) or echo (own new_message with the temp_id)",
     "drop_every": "abort each user's TCP connection every N s on average (0 = never) to measure reconnect -> backfill",
-    "transport": "lean (fast own framing) or compat (python-socketio Client)",
+    "transport": "lean (fast own framing) or compat (python-socketio Client) for Socket.IO; ws for a plain WebSocket server",
     "token": "auth token sent in the Socket.IO auth payload and as Bearer on REST",
     "typing_every": "send a typing event before every N-th message (0 = never)",
     "read_every": "send a read receipt after every N-th message (0 = never)",
@@ -92,7 +97,7 @@ def add_arguments(parser: Any, *, include_locust_ui: bool = False) -> None:
         default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {"default": default, "help": OPTION_HELP[f.name]}
         if f.name in ("ack", "transport"):
-            kwargs["choices"] = ["callback", "echo"] if f.name == "ack" else ["lean", "compat"]
+            kwargs["choices"] = ["callback", "echo"] if f.name == "ack" else ["lean", "compat", "ws"]
         else:
             kwargs["type"] = type(default)
         if include_locust_ui:

@@ -29,6 +29,8 @@ now = time.perf_counter
 
 #: unconfirmed[temp_id] value once the sender saw its own echo (callback mode)
 _ECHOED = -1.0
+#: drop times of every session: a Random of its own would cost each user 2.5 KB of state
+_DROP_RNG = random.Random()
 
 
 class ChatSession:
@@ -54,6 +56,8 @@ class ChatSession:
         self._joins_left = 0
         self._closed = False
         self._callback = sc.ack == "callback"
+        self._window = sc.window  # > 0: closed loop, see _fill
+        self._k = 0  # messages sent so far: picks the room and the typing / read-receipt turns
         self.content = "x" * sc.size
         self._ev_send, self._ev_typing, self._ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
         self._ev_new, self._ev_user_typing, self._ev_read_by = (
@@ -82,15 +86,26 @@ class ChatSession:
         return True
 
     def run(self) -> None:
-        """The open-loop send loop, with forced drops; returns when the run stops."""
+        """The send loop, with forced drops; returns when the run stops.
+
+        Open loop (the default): sends at ``rate`` whatever happens, latency counted from
+        each intended send time. Closed loop (``window`` > 0): the ack handlers send the
+        next message inline as soon as one is confirmed (see :meth:`_fill`); this loop
+        only refills the window after a reconnect or a timeout.
+        """
         sc, gen = self.gen.scenario, self.gen
         while not gen.stopping and not self.joined.is_set() and not self.start():
             gevent.sleep(min(5.0, sc.reconnect_delay * 2) * random.uniform(0.5, 1.5))
         t0 = now()
         sends = OpenLoop(sc.rate, t0)
-        drops = RandomEvery(sc.drop_every, t0)
-        housekeeping = t0 + 0.5
-        k = 0
+        if self._window:
+            sends.next = float("inf")
+            self._fill()
+        drops = RandomEvery(sc.drop_every, t0, _DROP_RNG)
+        # echo mode expires unconfirmed sends here and the closed loop refills; an open
+        # loop in callback mode (the transport expires acks) only needs a rare wake-up
+        tick = 0.5 if self._window or not self._callback else 5.0
+        housekeeping = t0 + tick
         while not gen.stopping:
             due = min(sends.next, drops.next, housekeeping)
             wait = due - now()
@@ -98,14 +113,25 @@ class ChatSession:
                 gevent.sleep(wait)
                 continue
             if sends.next <= due:
-                self.send(self.rooms[k % len(self.rooms)], sends.advance(), k)
-                k += 1
+                self.send(self.rooms[self._k % len(self.rooms)], sends.advance(), self._k)
+                self._k += 1
             elif drops.next <= due:
                 drops.advance()
                 self.drop()
             else:
-                housekeeping = now() + 0.5
+                housekeeping = now() + tick
                 self._expire_unconfirmed()
+                if self._window:
+                    self._fill()
+
+    def _fill(self) -> None:
+        """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""
+        gen, rooms = self.gen, self.rooms
+        for _ in range(self._window - len(self.unconfirmed)):
+            if gen.stopping or not self.transport.connected:
+                return
+            self.send(rooms[self._k % len(rooms)], now(), self._k)
+            self._k += 1
 
     def close(self) -> None:
         """Leave every room and close the socket (idempotent)."""
@@ -178,6 +204,8 @@ class ChatSession:
             t0 = ledger.on_acked(temp_id, msg_id)
             if t0 is not None:
                 self.gen.metrics.record("ack", t - t0)
+            if self._window:
+                self._fill()
         elif error == "disconnected":
             if state == _ECHOED:  # the server had it: its echo reached us before the drop
                 ledger.on_acked(temp_id, None)
@@ -244,6 +272,8 @@ class ChatSession:
         t0 = self.gen.ledger.on_acked(temp_id, msg_id)
         if t0 is not None:
             self.gen.metrics.record("ack", t - t0)
+        if self._window:
+            self._fill()
 
     def _on_signal(self, sent: dict[Any, float], metric: str, data: Any, keys: tuple[str, ...]) -> None:
         try:
@@ -287,6 +317,8 @@ class ChatSession:
         self._joins_left -= 1
         if self._joins_left:
             return
+        if self._window and self.joined.is_set():  # a reconnect failed what was in flight: refill
+            self._fill()
         if not self.joined.is_set():
             self.joined.set()
         elif self.t_drop is not None:

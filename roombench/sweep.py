@@ -116,8 +116,11 @@ def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict
             opts = RunOptions(host=url, users=step.get("users", 10), spawn_rate=step.get("spawn_rate", 100.0),
                               duration=spec.get("duration", 5.0), out=out / item["dir"], quiet=True,
                               profile=variant.get("profile"))
-            ack = opts.wire.ack_for({**spec.get("defaults", {}), **step}.get("ack"))  # unset: the profile's
-            opts.scenario = dataclasses.replace(_scenario(spec, step), token=token, ack=ack)
+            given = {**spec.get("defaults", {}), **step}
+            ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's
+            transport = given.get("transport") or (VARIANTS[variant["name"]].transport
+                                                   if variant["name"] in VARIANTS else "lean")
+            opts.scenario = dataclasses.replace(_scenario(spec, step), token=token, ack=ack, transport=transport)
             try:
                 run(opts)
             except RoombenchError as exc:  # one failed step is recorded, the sweep goes on

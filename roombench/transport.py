@@ -5,7 +5,9 @@ nothing about rooms or ledgers: the session gives it :class:`Handlers` and recei
 events inline on the receive path (no greenlet or queue per message).
 
 Implementations: ``lean`` (:mod:`roombench.lean`, own framing after websocket-client's
-handshake) and ``compat`` (:mod:`roombench.compat`, python-socketio's ``Client``).
+handshake) and ``compat`` (:mod:`roombench.compat`, python-socketio's ``Client``) speak
+Socket.IO; ``ws`` (:mod:`roombench.wsplain`, the lean framing with a JSON envelope)
+speaks the contract over a plain WebSocket.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class Transport(ABC):
 
 
 def make_transport(kind: str, *args: Any, **kwargs: Any) -> Transport:
-    """A transport by name: "lean" or "compat"; the rest goes to its constructor."""
+    """A transport by name: "lean", "compat" or "ws"; the rest goes to its constructor."""
     if kind == "lean":
         from .lean import LeanTransport
 
@@ -122,6 +124,10 @@ def make_transport(kind: str, *args: Any, **kwargs: Any) -> Transport:
         from .compat import CompatTransport
 
         return CompatTransport(*args, **kwargs)
+    if kind == "ws":
+        from .wsplain import PlainWsTransport
+
+        return PlainWsTransport(*args, **kwargs)
     from .exceptions import UsageError
 
-    raise UsageError(f"unknown transport {kind!r}: use lean or compat")
+    raise UsageError(f"unknown transport {kind!r}: use lean or compat (Socket.IO) or ws (plain WebSocket)")

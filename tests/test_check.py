@@ -165,4 +165,4 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: Any, args: list[str], n
     out, err = capsys.readouterr()
     assert needle in err and err.count("\n") == 1 and out == ""
     assert main(["check", "htp://x"]) == 2
-    assert "bad URL" in capsys.readouterr().err
+    assert "bad server URL" in capsys.readouterr().err

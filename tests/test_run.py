@@ -73,7 +73,7 @@ def _one_line_exit_2(res: subprocess.CompletedProcess[str], needle: str) -> None
     (["--slo", "nonsense.p99<5"], "unknown metric"),
     (["--rate", "0"], "--rate must be > 0"),
     (["--room-sizes", "3"], "unrecognized arguments"),
-    (["--host", "htp://x"], "bad URL"),
+    (["--host", "htp://x"], "bad server URL"),
     (["--transport", "carrier-pigeon"], "invalid choice"),
 ])
 def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:

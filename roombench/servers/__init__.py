@@ -46,6 +46,7 @@ class Variant:
     many processes of it :func:`start_server` runs, one port each (the generator spreads
     users over their URLs). ``redis``: :func:`start_server` first starts a private
     ``redis-server`` and passes every process ``--redis redis://127.0.0.1:P/0``.
+    ``transport``: the generator transport that speaks to it.
     """
 
     name: str
@@ -55,6 +56,8 @@ class Variant:
     command: Callable[[str, int, str | None], list[str]] | None = None
     processes: int = 1
     redis: bool = False
+    #: the generator transport that speaks to it ("ws" for the plain WebSocket variant)
+    transport: str = "lean"
 
 
 #: the node variant's package: server.js, package.json and (after `npm ci`) node_modules
@@ -117,6 +120,7 @@ VARIANTS: dict[str, Variant] = {
         "needs --transport ws",
         app_factory="roombench.servers.wsserver:create_app",
         supports_faults=True,
+        transport="ws",
     ),
 }
 

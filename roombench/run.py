@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def run(opts: RunOptions) -> int:
     try:
         if opts.host is None:
             if not scenario.token:
-                scenario = Scenario(**{**scenario.__dict__, "token": EMBEDDED_TOKEN})
+                scenario = replace(scenario, token=EMBEDDED_TOKEN)
             variant = "ws" if scenario.transport == "ws" else "py"  # the embedded server speaks it
             server = start_server(variant, token=scenario.token, log_path=str(out / "server.log"))
             host = server.url

@@ -65,9 +65,11 @@ class CheckResult:
 
 
 def check(url: str, profile: Profile = DEFAULT_PROFILE, token: str | None = None,
-          timeout: float = 3.0) -> list[CheckResult]:
-    """Probe the server at ``url`` as ``profile`` describes it; one result per :data:`POINTS` entry."""
-    return _Check(url, profile, token, timeout).run()
+          timeout: float = 3.0, transport: str = "lean") -> list[CheckResult]:
+    """Probe the server at ``url`` as ``profile`` describes it; one result per :data:`POINTS` entry.
+
+    ``transport``: "lean" for Socket.IO servers, "ws" for the plain WebSocket envelope."""
+    return _Check(url, profile, token, timeout, transport).run()
 
 
 def format_results(results: list[CheckResult], url: str, profile: Profile) -> str:
@@ -84,8 +86,12 @@ def format_results(results: list[CheckResult], url: str, profile: Profile) -> st
 class _Check:
     """One probe: the steps in order, their results, and the shared state between them."""
 
-    def __init__(self, url: str, profile: Profile, token: str | None, timeout: float) -> None:
+    def __init__(self, url: str, profile: Profile, token: str | None, timeout: float, transport: str) -> None:
         self.url, self.profile, self.token, self.timeout = url, profile, token or None, timeout
+        # several comma-separated URLs (one server in several processes): A and B connect
+        # to different processes, so fan-out is checked across them
+        self.urls = [u.strip() for u in url.split(",") if u.strip()]
+        self.transport = transport
         self.deadline = _now() + 5 * timeout
         self.room = f"rbcheck-{secrets.token_hex(4)}"
         self.results: dict[str, CheckResult] = {}
@@ -153,8 +159,9 @@ class _Check:
 
     def connect(self) -> str:
         t0 = _now()
-        for label in ("A", "B"):
-            client = CheckClient(label, self.url, self.profile, self.token, self.left())
+        for i, label in enumerate(("A", "B")):
+            url = self.urls[i % len(self.urls)]
+            client = CheckClient(label, url, self.profile, self.token, self.left(), self.transport)
             try:
                 client.transport.connect()
             except ConnectFailed as exc:
@@ -175,7 +182,7 @@ class _Check:
     def auth(self) -> str:
         if not self.token:
             raise Skipped("no --token given: nothing to refuse")
-        client = CheckClient("X", self.url, self.profile, "wrong-" + self.token, self.left())
+        client = CheckClient("X", self.urls[0], self.profile, "wrong-" + self.token, self.left(), self.transport)
         try:
             client.transport.connect()
         except ConnectFailed as exc:
@@ -309,7 +316,7 @@ class _Check:
     def page(self, after: int, limit: int) -> list[dict[str, Any]]:
         """One backfill page of the room, else FAIL with a hint at the profile's backfill keys."""
         if self.rest is None:
-            self.rest = BackfillClient(self.url, self.profile, self.token)
+            self.rest = BackfillClient(self.urls[-1], self.profile, self.token)
         self.rest.timeout = max(0.1, self.left())
         try:
             return self.rest.page(self.room, after, limit)
@@ -352,7 +359,7 @@ class _Check:
     def backfill_auth(self) -> str:
         if not self.token:
             raise Skipped("no --token given: nothing to refuse")
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.urls[0])
         path = self.profile.backfill_url.format(channel_id=quote(self.room, safe=""), after=0, limit=1)
         try:
             resp = requests.get(f"{parts.scheme}://{parts.netloc}{path}", timeout=max(0.1, self.left()),

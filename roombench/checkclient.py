@@ -37,7 +37,8 @@ class CheckClient:
     Reconnects come quickly and without jitter, so a forced drop costs half a second.
     """
 
-    def __init__(self, label: str, url: str, profile: Profile, token: str | None, timeout: float) -> None:
+    def __init__(self, label: str, url: str, profile: Profile, token: str | None, timeout: float,
+                 transport: str = "lean") -> None:
         self.label = label
         self.profile = profile
         self.user_id = f"rbcheck-{secrets.token_hex(3)}-{label}"
@@ -49,7 +50,7 @@ class CheckClient:
         self._news = gevent.event.Event()
         handlers = Handlers(self._on_connect, lambda _: self.lost.set(), self._on_event, self._on_error)
         self.transport = make_transport(
-            "lean", url, profile, handlers, token=token, auth_extra={profile.field("user_id"): self.user_id},
+            transport, url, profile, handlers, token=token, auth_extra={profile.field("user_id"): self.user_id},
             reconnect=ReconnectPolicy(delay=0.5, delay_max=1.0, jitter=0.0), ack_timeout=timeout,
             connect_timeout=timeout)
 

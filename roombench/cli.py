@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
     c.add_argument("--profile", metavar="FILE", help=_PROFILE_HELP)
     c.add_argument("--token", default=None, help="auth token (the check also tries a wrong one)")
+    c.add_argument("--transport", choices=["lean", "ws"], default="lean",
+                   help="lean for a Socket.IO server (default), ws for the plain WebSocket envelope")
     c.add_argument("--timeout", type=float, default=3.0,
                    help="seconds each contract point may take (default 3; the whole check at most 5 times that)")
 
@@ -124,10 +126,11 @@ def _check(args: argparse.Namespace) -> int:
     from .probe import check_url
 
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
-    check_url(args.url)  # a malformed URL is a usage error, not a failed check
+    for url in args.url.split(","):
+        check_url(url.strip())  # a malformed URL is a usage error, not a failed check
     if not args.timeout > 0:
         raise UsageError("--timeout must be > 0 seconds")
-    results = check(args.url, profile, args.token, args.timeout)
+    results = check(args.url, profile, args.token, args.timeout, args.transport)
     print(format_results(results, args.url, profile), flush=True)
     return 0 if all(r.ok for r in results) else 1
 

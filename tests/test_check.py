@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -166,3 +167,18 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: Any, args: list[str], n
     assert needle in err and err.count("\n") == 1 and out == ""
     assert main(["check", "htp://x"]) == 2
     assert "bad server URL" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("variant", ["py", "py-redis", "node", "node-redis", "ws"])
+def test_every_variant_starts_passes_check_and_stops(variant: str) -> None:
+    from roombench.servers import VARIANTS, start_server
+
+    with start_server(variant, token="tok") as server:
+        results = check(server.url, DEFAULT_PROFILE, "tok", 3.0, VARIANTS[variant].transport)
+        assert [r.name for r in results if not r.ok] == [], format_results(results, server.url, DEFAULT_PROFILE)
+        pids = server.pids
+    time.sleep(0.2)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -138,10 +138,13 @@ def _stop_rule(variant: dict[str, Any], item: dict[str, Any], out: Path, meta: d
     lat = load_summary(out / item["dir"] / "summary.json")["latency_ms"]
     p99 = max(lat[m]["p99"] or 0.0 for m in ("ack", "fanout"))
     cap = meta["capacity"].setdefault(variant["name"], {"held": None, "broke_at": 1 << 30, "limit_ms": limit})
-    if p99 > limit:
-        cap["broke_at"] = min(cap["broke_at"], item["step"])
-    elif item["step"] < cap["broke_at"]:
-        cap["held"] = max(item["step"], cap["held"] if cap["held"] is not None else -1)
+    step = item["step"]
+    if p99 > limit:  # one repeat over the limit is enough: that step did not hold
+        cap["broke_at"] = min(cap["broke_at"], step)
+        if cap["held"] is not None and cap["held"] >= step:
+            cap["held"] = step - 1 if step > 0 else None
+    elif step < cap["broke_at"]:
+        cap["held"] = max(step, cap["held"] if cap["held"] is not None else -1)
 
 
 class _Progress:

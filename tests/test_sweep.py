@@ -129,3 +129,19 @@ def test_plot_of_a_folder_that_is_not_a_sweep_is_exit_2(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "roombench.cli", "plot", str(tmp_path)], capture_output=True,
                          text=True, timeout=30)
     assert res.returncode == 2 and "run.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_capacity_is_the_highest_step_whose_every_repeat_held(tmp_path: Path) -> None:
+    from roombench import sweep as sweep_mod
+
+    src = orjson.loads((DATA / "sweep-v1" / "py" / "s1-r0" / "summary.json").read_bytes())
+    meta: dict = {"capacity": {}}
+    variant = {"name": "py", "stop_p99_ms": 50.0}
+    for step, repeat, p99 in [(0, 0, 10.0), (0, 1, 12.0), (1, 0, 20.0), (1, 1, 80.0)]:
+        for m in ("ack", "fanout"):
+            src["latency_ms"][m]["p99"] = p99
+        d = tmp_path / f"s{step}-r{repeat}"
+        d.mkdir()
+        (d / "summary.json").write_bytes(orjson.dumps(src))
+        sweep_mod._stop_rule(variant, {"step": step, "dir": d.name}, tmp_path, meta)
+    assert meta["capacity"]["py"]["held"] == 0 and meta["capacity"]["py"]["broke_at"] == 1

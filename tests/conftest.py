@@ -5,12 +5,20 @@ from gevent import monkey
 monkey.patch_all()
 
 from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
 
+from roombench.protocol import DEFAULT_PROFILE, Profile  # noqa: E402
 from roombench.servers import ServerProcess, start_server  # noqa: E402
+from roombench.transport import Transport, make_transport  # noqa: E402
 
-REF_TOKEN = "secret"
+pytest.register_assert_rewrite("tests.helpers")  # its shared checks fail with pytest's detail
+
+from .helpers import REF_TOKEN, Peer, Recorder, ScriptedPeer, new_room  # noqa: E402
+
+__all__ = ["REF_TOKEN"]  # test modules import it from here
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +44,74 @@ def server_factory() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def room() -> str:
+    """A channel name no other test uses."""
+    return new_room()
+
+
+@pytest.fixture
+def peer_factory() -> Iterator[Callable[..., Peer]]:
+    """Connect python-socketio peers: ``peer_factory(url, user_id=None, token=REF_TOKEN)``.
+
+    Every peer made through it is disconnected at teardown.
+    """
+    made: list[Peer] = []
+
+    def make(url: str, user_id: str | None = None, token: str = REF_TOKEN) -> Peer:
+        made.append(Peer(url, user_id, token))
+        return made[-1]
+
+    yield make
+    for peer in made:
+        peer.client.disconnect()
+
+
+@pytest.fixture
+def transports() -> Iterator[Callable[..., tuple[Transport, Recorder]]]:
+    """Build roombench transports with a Recorder for handlers:
+    ``transports(url, kind=..., token=REF_TOKEN, profile=DEFAULT_PROFILE, **make_transport_kwargs)``.
+
+    Every transport built through it is closed at teardown.
+    """
+    made: list[Transport] = []
+
+    def build(url: str, *, kind: str, token: str | None = REF_TOKEN, profile: Profile = DEFAULT_PROFILE,
+              **kwargs: Any) -> tuple[Transport, Recorder]:
+        recorder = Recorder()
+        transport = make_transport(kind, url, profile, recorder.handlers, token=token, **kwargs)
+        made.append(transport)
+        return transport, recorder
+
+    yield build
+    for transport in made:
+        transport.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., str]]:
+    """scripted(script) -> URL of a server running ``script(peer, n)`` for the n-th connection."""
+    servers: list[StreamServer] = []
+
+    def start(script: Callable[[ScriptedPeer, int], None]) -> str:
+        count = [0]
+
+        def handle(sock: Any, _addr: Any) -> None:
+            n, count[0] = count[0], count[0] + 1
+            peer = ScriptedPeer(sock)
+            try:
+                peer.handshake()
+                script(peer, n)
+            except (OSError, ConnectionError):
+                pass
+
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.stop(timeout=1)

@@ -175,7 +175,7 @@ def test_every_variant_starts_passes_check_and_stops(variant: str) -> None:
     from roombench.servers import VARIANTS, start_server
 
     with start_server(variant, token="tok") as server:
-        results = check(server.url, DEFAULT_PROFILE, "tok", 3.0, VARIANTS[variant].transport)
+        results = check(server.url, DEFAULT_PROFILE, "tok", 5.0, VARIANTS[variant].transport)
         assert [r.name for r in results if not r.ok] == [], format_results(results, server.url, DEFAULT_PROFILE)
         pids = server.pids
     time.sleep(0.2)

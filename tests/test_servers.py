@@ -4,76 +4,34 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
-import socketio
 import websocket
 
 from roombench.exceptions import ServerError, UsageError
 from roombench.servers import VARIANTS, ServerProcess, free_port, start_server
 
+from .helpers import Peer, busy_port, check_a_wrong_token_is_refused, raw_socket, wait_for
+
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EVENTS = ("new_message", "user_typing", "message_read")
-
-
-class Peer:
-    """A python-socketio client that records every server event it receives."""
-
-    def __init__(self, server: ServerProcess, user_id: str | None, token: str = TOKEN) -> None:
-        self.got: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.client = socketio.Client(reconnection=False)
-        for event in EVENTS:
-            self.client.on(event, self._recorder(event))
-        auth = {"token": token} if user_id is None else {"token": token, "user_id": user_id}
-        self.client.connect(server.url, auth=auth, transports=["websocket"], wait_timeout=5)
-
-    def _recorder(self, event: str) -> Callable[[dict[str, Any]], None]:
-        return lambda data: self.got[event].append(data)
-
-    def call(self, event: str, data: dict[str, Any]) -> Any:
-        return self.client.call(event, data, timeout=5)
-
-    def ids(self, event: str = "new_message") -> list[int]:
-        return [m["id"] for m in self.got[event]]
 
 
 @pytest.fixture
-def peers(ref_server: ServerProcess) -> Iterator[Callable[..., Peer]]:
-    made: list[Peer] = []
-
+def peers(ref_server: ServerProcess, peer_factory: Callable[..., Peer]) -> Callable[..., Peer]:
     def make(user_id: str | None = None, server: ServerProcess = ref_server) -> Peer:
-        peer = Peer(server, user_id)
-        made.append(peer)
-        return peer
+        return peer_factory(server.url, user_id)
 
-    yield make
-    for peer in made:
-        peer.client.disconnect()
-
-
-@pytest.fixture
-def room() -> str:
-    """A channel name no other test uses (the reference server lives for the session)."""
-    return f"room-{uuid.uuid4().hex[:8]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+    return make
 
 
 def send(peer: Peer, room: str, n: int, prefix: str = "t") -> list[dict[str, Any]]:
@@ -207,19 +165,11 @@ def test_other_paths_and_methods(ref_server: ServerProcess) -> None:
 
 
 def test_bad_token_is_refused(ref_server: ServerProcess) -> None:
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        Peer(ref_server, "mallory", token="wrong")
-    ws = _raw_socket(ref_server)
-    try:
-        ws.send('40{"token":"wrong"}')
-        assert ws.recv() == '44{"message":"invalid token"}'
-    finally:
-        ws.close()
+    check_a_wrong_token_is_refused(ref_server.url, lambda: _raw_socket(ref_server))
 
 
 def _raw_socket(server: ServerProcess) -> websocket.WebSocket:
-    url = server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-    ws = websocket.create_connection(url, timeout=5)
+    ws = raw_socket(server.url)
     assert ws.recv().startswith('0{"sid":')  # Engine.IO open
     return ws
 
@@ -292,11 +242,9 @@ def test_context_manager_and_fixed_port() -> None:
 
 
 def test_start_server_reports_a_port_in_use() -> None:
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
+    with busy_port() as port:
         with pytest.raises(ServerError, match="(?i)address already in use"):
-            start_server("py", port=blocker.getsockname()[1])
+            start_server("py", port=port)
 
 
 def test_start_server_rejects_bad_input() -> None:

@@ -11,7 +11,6 @@ import json
 import shutil
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 import requests
-import socketio
 import websocket
 
 from roombench import servers
@@ -28,11 +26,12 @@ from roombench.generator import Generator, run_for
 from roombench.scenario import Scenario
 from roombench.servers import ServerProcess, start_server
 
+from .helpers import Peer, check_a_wrong_token_is_refused, raw_socket, wait_for
+
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EVENTS = ("new_message", "user_typing", "message_read")
 MESSAGE_FIELDS = {"id", "channel_id", "sender_id", "content", "temp_id", "ts"}
 DROPPY = Scenario(token=TOKEN, rate=10, room_size=4, drop_every=0.6, reconnect_delay=0.1,
                   reconnect_delay_max=0.5, drain=3)
@@ -51,48 +50,12 @@ def node_server() -> Iterator[ServerProcess]:
         yield server
 
 
-class Peer:
-    """A python-socketio client (websocket transport) that records every server event."""
-
-    def __init__(self, url: str, user_id: str | None = None, token: str = TOKEN) -> None:
-        self.got: dict[str, list[Any]] = defaultdict(list)
-        self.client = socketio.Client(reconnection=False)
-        for event in EVENTS:
-            self.client.on(event, self._recorder(event))
-        auth = {"token": token} if user_id is None else {"token": token, "user_id": user_id}
-        self.client.connect(url, auth=auth, transports=["websocket"], wait_timeout=5)
-
-    def _recorder(self, event: str) -> Callable[[Any], None]:
-        return lambda data: self.got[event].append(data)
-
-    def call(self, event: str, data: Any) -> Any:
-        return self.client.call(event, data, timeout=5)
-
-
 @pytest.fixture
-def peers(node_server: ServerProcess) -> Iterator[Callable[..., Peer]]:
-    made: list[Peer] = []
-
+def peers(node_server: ServerProcess, peer_factory: Callable[..., Peer]) -> Callable[..., Peer]:
     def make(user_id: str | None = None, url: str = node_server.url) -> Peer:
-        made.append(Peer(url, user_id))
-        return made[-1]
+        return peer_factory(url, user_id)
 
-    yield make
-    for peer in made:
-        peer.client.disconnect()
-
-
-@pytest.fixture
-def room() -> str:
-    """A channel no other test uses (the server lives for the module)."""
-    return f"room-{uuid.uuid4().hex[:8]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+    return make
 
 
 def backfill(url: str, room: str, headers: dict[str, str] = AUTH, **params: Any) -> requests.Response:
@@ -178,14 +141,7 @@ def test_rest_backfill_pages_and_refuses(node_server: ServerProcess, peers: Call
 
 
 def test_wrong_token_is_refused_with_a_connect_error(node_server: ServerProcess) -> None:
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        Peer(node_server.url, "mallory", token="wrong")
-    ws = _raw_socket(node_server)
-    try:
-        ws.send('40{"token":"wrong"}')
-        assert ws.recv() == '44{"message":"invalid token"}'
-    finally:
-        ws.close()
+    check_a_wrong_token_is_refused(node_server.url, lambda: _raw_socket(node_server))
 
 
 def test_raw_frames_match_the_protocol_doc(node_server: ServerProcess, room: str) -> None:
@@ -208,8 +164,7 @@ def test_raw_frames_match_the_protocol_doc(node_server: ServerProcess, room: str
 
 
 def _raw_socket(server: ServerProcess) -> websocket.WebSocket:
-    url = server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-    ws = websocket.create_connection(url, timeout=5)
+    ws = raw_socket(server.url)
     opened = ws.recv()
     assert opened.startswith("0")  # Engine.IO open, with the reference server's settings
     settings = json.loads(opened[1:])

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
 import requests
-import socketio
 
 from roombench.generator import Generator, run_for
 from roombench.scenario import Scenario
 from roombench.exceptions import ServerError
 from roombench.servers import ServerProcess, start_server
+
+from .helpers import Peer, busy_port, wait_for
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -35,27 +32,6 @@ TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Peer:
-    """A python-socketio client on one process of the server that records what it receives."""
-
-    def __init__(self, url: str, user_id: str) -> None:
-        self.got: dict[str, list[Any]] = defaultdict(list)
-        self.client = socketio.Client(reconnection=False)
-        for event in ("new_message", "user_typing"):
-            self.client.on(event, self._recorder(event))
-        self.client.connect(url, auth={"token": TOKEN, "user_id": user_id},
-                            transports=["websocket"], wait_timeout=5)
-
-    def _recorder(self, event: str) -> Callable[[Any], None]:
-        return lambda data: self.got[event].append(data)
-
-    def call(self, event: str, data: dict[str, Any]) -> Any:
-        return self.client.call(event, data, timeout=5)
-
-    def ids(self) -> list[int]:
-        return [m["id"] for m in self.got["new_message"]]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     with start_server("py-redis", token=TOKEN) as started:
@@ -63,28 +39,9 @@ def server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def peers() -> Iterator[Callable[[str, str], Peer]]:
-    made: list[Peer] = []
-
-    def make(url: str, user_id: str) -> Peer:
-        made.append(Peer(url, user_id))
-        return made[-1]
-
-    yield make
-    for peer in made:
-        peer.client.disconnect()
-
-
-@pytest.fixture
-def room() -> str:
-    return f"room-{uuid.uuid4().hex[:8]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+def peers(peer_factory: Callable[..., Peer]) -> Callable[..., Peer]:
+    """``peers(url, user_id)``: a peer on one process of the server."""
+    return peer_factory
 
 
 def backfill(url: str, room: str, query: str = "") -> list[dict[str, Any]]:
@@ -135,11 +92,9 @@ def _children() -> list[str]:
 
 
 def test_a_start_that_fails_midway_stops_redis_too() -> None:
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
+    with busy_port() as port:
         with pytest.raises(ServerError, match="(?i)address already in use"):
-            start_server("py-redis", port=blocker.getsockname()[1])
+            start_server("py-redis", port=port)
     assert "redis-server" not in _children()
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import gevent
 import orjson
 import pytest
 import websocket
-from gevent.server import StreamServer
 
 from roombench import codec
 from roombench.exceptions import ConnectFailed
@@ -20,16 +18,18 @@ from roombench.generator import Generator, run_for
 from roombench.protocol import DEFAULT_PROFILE, Profile
 from roombench.scenario import Scenario
 from roombench.servers import ServerProcess, start_server
-from roombench.transport import ReconnectPolicy, Transport, make_transport
+from roombench.transport import Transport
 from roombench.wsplain import WS_PATH, plain_endpoint
 
-from .test_transport import Acks, Peer, Recorder, live_greenlets, wait_until
+from .helpers import (ACK_DELAY_MS, FAST_RECONNECT, Acks, Recorder, ScriptedPeer,
+                      check_ack_timeout_fires_once_and_late_ack_is_reported,
+                      check_close_fails_pending_acks_and_leaves_no_greenlets,
+                      check_new_message_reaches_both_members, check_sends_are_acked_with_id_and_temp_id,
+                      check_unknown_event_is_a_protocol_error, join, new_room as room, send, wait_until)
 
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "secret"
-FAST_RECONNECT = ReconnectPolicy(delay=0.1, delay_max=0.5, jitter=0.2)
-ACK_DELAY_MS = 800
 EV = DEFAULT_PROFILE.event
 
 
@@ -47,35 +47,9 @@ def slow_ws_server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def make() -> Iterator[Callable[..., tuple[Transport, Recorder]]]:
-    """Build plain transports (or another kind); all are closed at teardown."""
-    made: list[Transport] = []
-
-    def build(url: str, *, kind: str = "ws", token: str | None = TOKEN, profile: Profile = DEFAULT_PROFILE,
-              **kwargs: Any) -> tuple[Transport, Recorder]:
-        recorder = Recorder()
-        transport = make_transport(kind, url, profile, recorder.handlers, token=token, **kwargs)
-        made.append(transport)
-        return transport, recorder
-
-    yield build
-    for transport in made:
-        transport.close()
-
-
-def room() -> str:
-    return f"room-{uuid.uuid4().hex[:8]}"
-
-
-def send(transport: Transport, channel: str, temp_id: str, ack: Acks | None = None, content: str = "hello") -> bool:
-    return transport.emit(EV("send_message"), {"channel_id": channel, "content": content, "temp_id": temp_id}, ack)
-
-
-def join(transport: Transport, channel: str) -> Any:
-    ack = Acks()
-    assert transport.emit(EV("join"), {"room": channel}, ack)
-    assert wait_until(lambda: bool(ack.calls))
-    return ack.calls
+def make(transports: Callable[..., tuple[Transport, Recorder]]) -> Callable[..., tuple[Transport, Recorder]]:
+    """Build plain transports (or another ``kind=``); all are closed at teardown."""
+    return partial(transports, kind="ws", token=TOKEN)
 
 
 # ---------------------------------------------------------------------- connecting
@@ -134,12 +108,7 @@ def test_join_and_send_acks(ws_server: ServerProcess, make: Any) -> None:
     transport.connect()
     channel = room()
     assert join(transport, channel) == [({"ok": True, "last_id": None}, None)]
-    first, second = Acks(), Acks()
-    assert send(transport, channel, "t-1", first) and send(transport, channel, "t-2", second)
-    assert wait_until(lambda: bool(first.calls and second.calls))
-    assert first.calls == [({"id": 1, "temp_id": "t-1"}, None)]
-    assert second.calls == [({"id": 2, "temp_id": "t-2"}, None)]
-    assert join(transport, channel) == [({"ok": True, "last_id": 2}, None)]
+    check_sends_are_acked_with_id_and_temp_id(transport, channel)
     bad = Acks()
     assert transport.emit(EV("join"), {"rooom": channel}, bad)
     assert wait_until(lambda: bool(bad.calls))
@@ -149,19 +118,7 @@ def test_join_and_send_acks(ws_server: ServerProcess, make: Any) -> None:
 
 def test_fan_out_typing_and_read_receipts(ws_server: ServerProcess, make: Any) -> None:
     (alice, rec_a), (bob, rec_b) = make(ws_server.url), make(ws_server.url)
-    alice.connect()
-    bob.connect()
-    channel = room()
-    join(alice, channel)
-    join(bob, channel)
-    ack = Acks()
-    send(alice, channel, "from-alice", ack)
-    new = EV("new_message")
-    assert wait_until(lambda: bool(rec_a.of(new) and rec_b.of(new) and ack.calls))
-    message = rec_b.of(new)[0]
-    assert rec_a.of(new) == [message]
-    assert message["id"] == ack.calls[0][0]["id"] and message["temp_id"] == "from-alice"
-    assert message["channel_id"] == channel and message["content"] == "hello"
+    channel, message = check_new_message_reaches_both_members(alice, rec_a, bob, rec_b)
     bob.emit(EV("typing"), {"channel": channel})
     bob.emit(EV("mark_read"), {"channel_id": channel, "message_id": message["id"]})
     assert wait_until(lambda: bool(rec_a.of(EV("user_typing")) and rec_b.of(EV("message_read"))))
@@ -171,17 +128,7 @@ def test_fan_out_typing_and_read_receipts(ws_server: ServerProcess, make: Any) -
 
 
 def test_unknown_event_is_a_protocol_error(ws_server: ServerProcess, make: Any) -> None:
-    events = {k: v for k, v in DEFAULT_PROFILE.events.items() if k != "user_typing"}
-    (alice, rec_a), (bob, _) = [make(ws_server.url, profile=Profile(events=events)) for _ in "ab"]
-    alice.connect()
-    bob.connect()
-    channel = room()
-    join(alice, channel)
-    join(bob, channel)
-    bob.emit(EV("typing"), {"channel": channel})
-    assert wait_until(lambda: bool(rec_a.errors))
-    assert rec_a.errors == [("protocol_error", "unknown event 'user_typing'")]
-    assert alice.connected and rec_a.events == []
+    check_unknown_event_is_a_protocol_error(partial(make, ws_server.url))
 
 
 def test_a_member_that_stops_reading_does_not_stall_the_others(ws_server: ServerProcess, make: Any) -> None:
@@ -210,17 +157,7 @@ def test_a_member_that_stops_reading_does_not_stall_the_others(ws_server: Server
 
 
 def test_ack_timeout_fires_once_and_late_ack_is_reported(slow_ws_server: ServerProcess, make: Any) -> None:
-    transport, rec = make(slow_ws_server.url, ack_timeout=0.2)
-    transport.connect()
-    ack = Acks()
-    started = time.monotonic()
-    assert send(transport, room(), "t", ack)
-    assert wait_until(lambda: bool(ack.calls), timeout=2.0)
-    assert ack.calls == [(None, "timeout")]
-    assert 0.15 < time.monotonic() - started < ACK_DELAY_MS / 1000
-    assert wait_until(lambda: bool(rec.errors), timeout=3.0)
-    assert [kind for kind, _ in rec.errors] == ["late_ack"]
-    assert ack.calls == [(None, "timeout")]  # still exactly once
+    check_ack_timeout_fires_once_and_late_ack_is_reported(partial(make, slow_ws_server.url))
 
 
 def test_drop_fails_pending_acks_and_reconnects(slow_ws_server: ServerProcess, make: Any) -> None:
@@ -243,47 +180,10 @@ def test_drop_fails_pending_acks_and_reconnects(slow_ws_server: ServerProcess, m
 
 
 def test_close_fails_pending_acks_and_leaves_no_greenlets(slow_ws_server: ServerProcess, make: Any) -> None:
-    before = live_greenlets()
-    transport, rec = make(slow_ws_server.url, reconnect=FAST_RECONNECT)
-    transport.connect()
-    pending = Acks()
-    assert send(transport, room(), "t", pending)
-    transport.close()
-    assert pending.calls == [(None, "disconnected")]
-    assert not transport.connected and rec.disconnects == []
-    assert wait_until(lambda: live_greenlets() <= before, timeout=5.0), live_greenlets() - before
-    gevent.sleep(ACK_DELAY_MS / 1000 + 0.2)
-    assert pending.calls == [(None, "disconnected")] and rec.errors == []
+    check_close_fails_pending_acks_and_leaves_no_greenlets(partial(make, slow_ws_server.url))
 
 
 # ---------------------------------------------------------------------- a scripted server
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., str]]:
-    """scripted(script) -> URL of a server running ``script(peer, n)`` for the n-th connection."""
-    servers: list[StreamServer] = []
-
-    def start(script: Callable[[Peer, int], None]) -> str:
-        count = [0]
-
-        def handle(sock: Any, _addr: Any) -> None:
-            n, count[0] = count[0], count[0] + 1
-            peer = Peer(sock)
-            try:
-                peer.handshake()
-                script(peer, n)
-            except (OSError, ConnectionError):
-                pass
-
-        server = StreamServer(("127.0.0.1", 0), handle)
-        server.start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.stop(timeout=1)
 
 
 def connected(**data: Any) -> bytes:
@@ -293,12 +193,12 @@ def connected(**data: Any) -> bytes:
 def test_ws_pings_are_the_heartbeat(scripted: Any, make: Any) -> None:
     pongs: list[bytes] = []
 
-    def pinger(peer: Peer) -> None:
+    def pinger(peer: ScriptedPeer) -> None:
         while True:
             gevent.sleep(0.15)
             peer.send(b"hb", codec.OP_PING)
 
-    def script(peer: Peer, n: int) -> None:
+    def script(peer: ScriptedPeer, n: int) -> None:
         peer.send(connected(pingInterval=200, pingTimeout=100))
         pings = gevent.spawn(pinger, peer) if n else None  # the first connection gets none
         peer.sock.settimeout(3.0)
@@ -321,7 +221,7 @@ def test_ws_pings_are_the_heartbeat(scripted: Any, make: Any) -> None:
 def test_malformed_envelopes_are_reported_and_the_connection_survives(scripted: Any, make: Any) -> None:
     new = EV("new_message")
 
-    def script(peer: Peer, n: int) -> None:
+    def script(peer: ScriptedPeer, n: int) -> None:
         peer.send(connected())
         for bad in (b"{oops", b"[1,2]", b'{"data":1}', b'{"ack":"x"}', b'{"event":"connected","data":{}}'):
             peer.send(bad)
@@ -337,7 +237,7 @@ def test_malformed_envelopes_are_reported_and_the_connection_survives(scripted: 
 
 
 def test_an_engine_io_server_on_the_path_is_named(scripted: Any, make: Any) -> None:
-    def script(peer: Peer, n: int) -> None:
+    def script(peer: ScriptedPeer, n: int) -> None:
         peer.send(codec.encode_open("sid"))
         peer.hold(3.0)
 
@@ -347,7 +247,7 @@ def test_an_engine_io_server_on_the_path_is_named(scripted: Any, make: Any) -> N
 
 
 def test_refusal_by_close_code_alone(scripted: Any, make: Any) -> None:
-    def script(peer: Peer, n: int) -> None:
+    def script(peer: ScriptedPeer, n: int) -> None:
         peer.send(codec.close_payload(4401, "invalid token"), codec.OP_CLOSE)
         peer.hold(3.0)
 

@@ -105,10 +105,13 @@ def _spread(values: list[float | None]) -> tuple[float, float] | None:
 
 def compare(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[str]:
     """'x faster/slower than <baseline>' only where the repeats' ranges do not overlap."""
-    base = sw.variants[0]
+    with_data = [v for v in sw.variants if sw.at(v, step)]
+    if len(with_data) < 2:
+        return []
+    base = with_data[0]  # the first variant listed that ran this step
     b = _spread([r.p(metric, stat) for r in sw.at(base, step)])
     lines = []
-    for v in sw.variants[1:]:
+    for v in with_data[1:]:
         runs = sw.at(v, step)
         o = _spread([r.p(metric, stat) for r in runs])
         if b is None or o is None:
@@ -141,7 +144,9 @@ def step_table(sw: Sweep, step: int) -> list[str]:
     for v in sw.variants:
         runs = sw.at(v, step)
         if not runs:
-            rows.append(f"| {v} | " + " | ".join(["not run"] + [""] * (len(head) - 2)) + " |")
+            broke = sw.meta.get("capacity", {}).get(v, {}).get("broke_at", 1 << 30)
+            why = f"skipped: p99 over the limit at step {broke}" if broke < step else "not run"
+            rows.append(f"| {v} | " + " | ".join([why] + [""] * (len(head) - 2)) + " |")
             continue
         cells = [_cell([r.p(m, s) for r in runs]) for m in TABLE_METRICS for s in ("p50", "p99", "p999")]
         cells.append(_cell([r.achieved for r in runs]))

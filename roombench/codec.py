@@ -75,6 +75,7 @@ def mask(key: bytes, data: bytes | bytearray) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=256)  # one per key byte: built once, not once per connection
 def _xor_table(k: int) -> bytes:
     return bytes(b ^ k for b in range(256))
 

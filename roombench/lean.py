@@ -52,6 +52,17 @@ def endpoint(url: str, profile: Profile, token: str | None, auth_extra: dict[str
     return Endpoint(ws_url, host, port, secure, query, headers, auth)
 
 
+#: id(profile) -> (profile, its wire event names): one set per profile, not one per connection
+_KNOWN: dict[int, tuple[Profile, frozenset[str]]] = {}
+
+
+def _known_events(profile: Profile) -> frozenset[str]:
+    entry = _KNOWN.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        entry = _KNOWN[id(profile)] = (profile, frozenset(profile.events.values()))
+    return entry[1]
+
+
 class LeanTransport(FramedTransport):
     """The fast Socket.IO transport; constructor arguments as :class:`~roombench.transport.Transport`."""
 
@@ -63,7 +74,7 @@ class LeanTransport(FramedTransport):
         super().__init__(*args, **kwargs)
         self._ns = self.profile.namespace
         self._p42 = codec.event_prefix(self._ns)
-        self._known = frozenset(self.profile.events.values())
+        self._known = _known_events(self.profile)
         self._fast = self._ns == "/"  # the byte-prefix fast paths assume no namespace
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:

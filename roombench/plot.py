@@ -51,20 +51,17 @@ def plot_spectrum(sw: Sweep, step: int, metric: str, out: Path) -> Path | None:
 
 
 def plot_latency_vs_load(sw: Sweep, out: Path) -> Path:
-    """p50 (dashed) and p99 (solid) of ack and fan-out vs offered load, per variant."""
+    """p50 (dashed) and p99 (solid) of ack and fan-out vs offered load, per variant (repeats averaged)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, metric in zip(axes, ("ack", "fanout")):
         ys: list[float] = []
         for i, v in enumerate(sw.variants):
-            pts = sorted((r.offered, r.p(metric, "p50"), r.p(metric, "p99")) for r in sw.results if r.variant == v)
-            pts = [p for p in pts if p[1] is not None]
-            if not pts:
-                continue
-            x = [p[0] for p in pts]
-            color = f"C{i}"
-            ax.plot(x, [p[2] for p in pts], "-o", color=color, label=f"{v} p99")
-            ax.plot(x, [p[1] for p in pts], "--", color=color, alpha=0.7, label=f"{v} p50")
-            ys += [p[1] for p in pts] + [p[2] for p in pts]
+            for stat, style in (("p99", "-o"), ("p50", "--")):
+                pts = sw.by_step(v, lambda r, m=metric, s=stat: r.p(m, s))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=f"C{i}", label=f"{v} {stat}",
+                            alpha=1.0 if stat == "p99" else 0.7)
+                    ys += [p[1] for p in pts]
         _log_if_wide(ax, ys)
         ax.set(title=f"{metric} latency vs offered load", xlabel="offered load (messages/s)", ylabel="latency (ms)")
         ax.grid(True, alpha=0.3)
@@ -73,11 +70,11 @@ def plot_latency_vs_load(sw: Sweep, out: Path) -> Path:
 
 
 def plot_throughput(sw: Sweep, out: Path) -> Path:
-    """Achieved confirmed messages/s vs offered, with the ideal diagonal."""
+    """Achieved confirmed messages/s vs offered (repeats averaged), with the ideal diagonal."""
     fig, ax = plt.subplots(figsize=(8, 5))
     top = 0.0
     for v in sw.variants:
-        pts = sorted((r.offered, r.achieved) for r in sw.results if r.variant == v)
+        pts = sw.by_step(v, lambda r: r.achieved)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", label=v)
             top = max(top, *(max(p) for p in pts))

@@ -6,6 +6,7 @@ its encoded histograms), so a report can be rebuilt anywhere, long after the run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ class Sweep:
         for r in self.at(variant, step):
             m.merge(Metrics.decode(r.summary["histograms"]))
         return m
+
+    def by_step(self, variant: str, value: Callable[[StepResult], float | None]) -> list[tuple[float, float]]:
+        """(offered load, mean over repeats of ``value``) per step the variant ran."""
+        out = []
+        for step in self.steps:
+            runs = self.at(variant, step)
+            vals = [v for v in (value(r) for r in runs) if v is not None]
+            if vals:
+                out.append((runs[0].offered, sum(vals) / len(vals)))
+        return sorted(out)
 
     def default_step(self) -> int:
         """The highest step every variant finished (else the highest any finished)."""

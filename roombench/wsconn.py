@@ -1,16 +1,22 @@
 """One WebSocket with our own framing: what the lean and the plain transport share.
 
-websocket-client does the opening handshake only. After it, one greenlet per connection
-reads into a preallocated buffer, parses every complete frame it holds and hands each
-text message to the subclass inline (no queue, no greenlet per message); sends go
-straight to the socket. The subclass (:class:`~roombench.lean.LeanTransport` for
-Socket.IO, :class:`~roombench.wsplain.PlainWsTransport` for the JSON envelope) knows its
-text payloads, its connect step and its :meth:`~roombench.transport.Transport.emit`; this
+websocket-client does the opening handshake only. After it, the connection's socket joins
+the process's :data:`~roombench.poller.POLLER` (one greenlet and one epoll set for every
+connection); when it is readable, one ``recv_into`` fills the process's shared receive
+buffer, every complete frame is parsed out and each text message goes to the subclass
+inline (no queue, no greenlet per message or per connection); sends go straight to the
+socket. The subclass (:class:`~roombench.lean.LeanTransport` for Socket.IO,
+:class:`~roombench.wsplain.PlainWsTransport` for the JSON envelope) knows its text
+payloads, its connect step and its :meth:`~roombench.transport.Transport.emit`; this
 module knows frames, ping/pong control frames, reconnect backoff, drop and close.
+
+Sockets gevent does not hand us raw (TLS) keep a reader greenlet of their own, as does
+every connection while it connects and when ``ROOMBENCH_READER=greenlet`` is set.
 """
 
 from __future__ import annotations
 
+import os
 import socket as _socket
 import struct
 import time
@@ -22,36 +28,45 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from . import codec
+from . import codec, poller
 from .acks import SWEEPER, AckTable
 from .exceptions import ConnectFailed, ProtocolError
-from .handshake import Endpoint, open_websocket
+from .handshake import Endpoint, connect_websocket
+from .poller import POLLER
 from .transport import Transport
 
 __all__ = ["FramedTransport", "Conn", "Refused"]
 
-# bytearray(n) touches every page, so this is resident memory per connection: 64 KiB
-# holds ~300 typical messages per recv and keeps 5000 connections at ~320 MB
+# One receive buffer for the whole process: a connection copies the incomplete frame at
+# the end of a read out of it (rare: a frame cut by the TCP stream) before any handler
+# runs, so no greenlet switch can ever find another connection's bytes in it. 64 KiB
+# holds ~300 typical messages per recv; per-connection buffers would cost 64 KiB of
+# resident memory for each of 20,000 idle connections.
 _BUF_SIZE = 64 * 1024
+_SHARED = bytearray(_BUF_SIZE)
+_SHARED_VIEW = memoryview(_SHARED)
 _LINGER_0 = struct.pack("ii", 1, 0)
 _now = time.monotonic
+#: "greenlet": a reader greenlet per connection, as before the poller (for comparisons)
+_USE_POLLER = poller.available() and os.environ.get("ROOMBENCH_READER", "poller") != "greenlet"
 
 
-def _wait_first(sock: Any) -> tuple[Any, Any, Any]:
-    """(raw recv_into, wait, read watcher) of a plain gevent socket, else (None, None, None).
+def _raw(sock: Any) -> tuple[Any, Any, Any, Any]:
+    """(raw recv_into, raw send, wait, read watcher) of a plain gevent socket, else four Nones.
 
     gevent's recv_into tries the syscall first and waits on EAGAIN: after a batch is
     handled the buffer is nearly always drained, so that costs a failed syscall and a
     raised exception per wake-up. Waiting first skips both (measured: ~10 us per ack on
-    the 2-core test VM). These are gevent internals, so anything unexpected (an SSL
-    socket, another gevent) falls back to the public recv_into.
+    the 2-core test VM), and the raw calls skip gevent's wrappers. These are gevent
+    internals, so anything unexpected (an SSL socket, another gevent) falls back to the
+    public methods.
     """
     raw = getattr(sock, "_sock", None)
     wait = getattr(sock, "_wait", None)
     readable = getattr(sock, "_read_event", None)
     if type(sock) is not gsocket.socket or raw is None or wait is None or readable is None:
-        return None, None, None
-    return raw.recv_into, wait, readable
+        return None, None, None, None
+    return raw.recv_into, raw.send, wait, readable
 
 
 class Refused(ConnectFailed):
@@ -65,31 +80,48 @@ class Refused(ConnectFailed):
 class Conn:
     """One WebSocket connection's state; a reconnect makes a new one."""
 
-    __slots__ = ("sock", "writer", "parser", "buf", "end", "busy", "waiting", "idle", "wlock",
-                 "sid", "ping_deadline", "ping_window", "abort_reason", "refused")
+    __slots__ = ("sock", "fd", "recv_into", "raw_send", "wait", "readable", "own_buf", "writer", "parser",
+                 "pending", "busy", "waiting", "idle", "wlock", "sid", "ping_deadline", "ping_window",
+                 "abort_reason", "refused", "watched", "lost", "ended")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
+        self.fd: int = sock.fileno()
+        self.recv_into, self.raw_send, self.wait, self.readable = _raw(sock)
+        # a TLS socket's recv_into waits with the buffer in hand: it cannot share one
+        self.own_buf = bytearray(_BUF_SIZE) if self.recv_into is None else None
         self.writer = codec.FrameWriter()
         self.parser = codec.FrameParser()
-        self.buf = bytearray(_BUF_SIZE)
-        self.end = 0
-        # a sendall that blocks mid-frame must not let another greenlet interleave its frame
+        #: the incomplete frame the last read ended with (copied out of the shared buffer)
+        self.pending = b""
+        # a send that blocks mid-frame must not let another greenlet interleave its frame;
+        # the event and lock exist only once that happened (memory per idle connection)
         self.busy = False
         self.waiting = 0
-        self.idle = Event()
-        self.wlock = Semaphore()
+        self.idle: Event | None = None
+        self.wlock: Semaphore | None = None
         #: set once the session is up (Socket.IO CONNECT, plain "connected")
         self.sid: str | None = None
         self.ping_deadline = float("inf")
         self.ping_window = float("inf")
         self.abort_reason: str | None = None
         self.refused: str | None = None
+        #: read by the POLLER (else by a greenlet); lost: its loss was handled; ended: close() waits on it
+        self.watched = False
+        self.lost = False
+        self.ended: Event | None = None
+
+    def unwatch(self) -> None:
+        """Leave the poller, before the socket closes: its descriptor number may be reused at once."""
+        if self.watched:
+            self.watched = False
+            POLLER.discard(self.fd)
 
     def abort(self, reason: str) -> None:
-        """Reset the TCP connection (RST, no close frame); the reader notices."""
+        """Reset the TCP connection (RST, no close frame)."""
         if self.abort_reason is None:
             self.abort_reason = reason
+        self.unwatch()
         try:
             self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_0)
         except OSError:
@@ -120,6 +152,7 @@ class FramedTransport(Transport):
         self._endpoint: Endpoint | None = None
         self._conn: Conn | None = None  # current connection, live or being established
         self._live: Conn | None = None  # the connection while the session is up
+        #: the greenlet that owns the connection: a TLS reader, or the one reconnecting after a loss
         self._runner: gevent.Greenlet | None = None
         self._closing = False
         self._ever_connected = False
@@ -159,7 +192,7 @@ class FramedTransport(Transport):
 
     def connect(self) -> None:
         """Connect (blocking cooperatively); raises ConnectFailed. See Transport.connect."""
-        if self._runner is not None:
+        if self._conn is not None and not self._closing:
             raise ConnectFailed("connect() called on a transport that is already connected")
         self._endpoint = self._make_endpoint()
         self._closing = False
@@ -168,8 +201,9 @@ class FramedTransport(Transport):
             conn = self._establish()
         except BaseException:
             SWEEPER.discard(self)
+            self._conn = None
             raise
-        self._runner = gevent.spawn(self._run, conn)
+        self._start_reading(conn)
 
     def drop(self) -> None:
         """Reset the TCP connection without a close frame; the reconnect loop takes over."""
@@ -183,19 +217,24 @@ class FramedTransport(Transport):
             return
         self._closing = True
         conn, live, runner = self._conn, self._live, self._runner
+        polled = live is not None and live.watched
         self._live = None
         self._runner = None
         if live is not None:
             self._say_goodbye(live)
+            if polled and not live.lost and gevent.getcurrent() is not POLLER.greenlet:
+                live.ended = Event()  # the poller sees the server's close and EOF
+                live.ended.wait(1.0)
         self._acks.fail_all("disconnected")
         SWEEPER.discard(self)
         if runner is not None and runner is not gevent.getcurrent():
-            # the reader sees the server's close and EOF and ends; a stuck one is killed
-            if live is not None:
+            # a TLS reader sees the server's close and EOF and ends; a stuck one is killed
+            if live is not None and not polled:
                 runner.join(timeout=1.0)
             if not runner.dead:
                 runner.kill(block=True, timeout=1.0)
         if conn is not None:
+            conn.unwatch()
             conn.sock.close()
 
     # ------------------------------------------------------------------ connecting
@@ -210,9 +249,10 @@ class FramedTransport(Transport):
         try:
             with gevent.Timeout(timeout) as deadline:
                 try:
-                    sock = open_websocket(ep, timeout, self.HANDSHAKE_HINT)
+                    sock, early = connect_websocket(ep, timeout, self.HANDSHAKE_HINT)
                     stage = self.CONNECT_STAGE
                     conn = self._conn = Conn(sock)
+                    conn.pending = early  # the server's first frames may come with its answer
                     reason = self._read(conn, until_connected=True)
                 except gevent.Timeout as exc:
                     if exc is not deadline:
@@ -228,26 +268,54 @@ class FramedTransport(Transport):
             raise ConnectFailed(f"connection to {self.url} lost before {self.SESSION} connected: {reason}")
         return conn
 
-    def _run(self, conn: Conn) -> None:
-        """The connection's greenlet: read until lost, report it, reconnect, repeat."""
+    def _start_reading(self, conn: Conn) -> None:
+        """Hand an established connection to the poller (or, for TLS, a greenlet of its own)."""
+        if _USE_POLLER and conn.recv_into is not None:
+            conn.watched = True
+            POLLER.add(conn.fd, lambda: self._on_readable(conn))
+        else:
+            self._runner = gevent.spawn(self._read_until_lost, conn)
+
+    def _read_until_lost(self, conn: Conn) -> None:
+        self._on_loss(conn, self._read(conn) or "connection lost")
+
+    def _on_loss(self, conn: Conn, reason: str) -> None:
+        """``conn`` is gone (once per connection): report it and reconnect, in a greenlet of
+        its own, so the loss never runs inside another connection's callback."""
+        if conn.lost:
+            return
+        conn.lost = True
+        conn.unwatch()
+        if self._live is conn:
+            self._live = None
+        if conn.ended is not None:
+            conn.ended.set()
+        self._runner = gevent.spawn(self._after_loss, conn, reason)
+
+    def _after_loss(self, conn: Conn, reason: str) -> None:
+        """Report the loss, then reconnect with backoff until connected or closed."""
+        self._lost(conn, reason)
+        if self._closing or not self.reconnect.enabled:
+            return
+        attempt = 0
         while True:
-            reason = self._read(conn)
-            self._lost(conn, reason or "connection lost")
-            if self._closing or not self.reconnect.enabled:
+            gevent.sleep(self.reconnect.backoff(attempt))
+            attempt += 1
+            if self._closing:
                 return
-            attempt = 0
-            while True:
-                gevent.sleep(self.reconnect.backoff(attempt))
-                attempt += 1
-                if self._closing:
-                    return
-                try:
-                    conn = self._establish()
-                    break
-                except Refused as exc:
-                    self._report("connect_error", exc.message)
-                except ConnectFailed as exc:
-                    self._report("connect_error", f"reconnect failed: {exc}")
+            try:
+                conn = self._establish()
+            except Refused as exc:
+                self._report("connect_error", exc.message)
+                continue
+            except ConnectFailed as exc:
+                self._report("connect_error", f"reconnect failed: {exc}")
+                continue
+            if self._closing:  # close() ran while we connected: it could not see this one
+                conn.sock.close()
+                return
+            self._start_reading(conn)
+            return
 
     def _lost(self, conn: Conn, reason: str) -> None:
         was_live = conn.sid is not None
@@ -271,59 +339,77 @@ class FramedTransport(Transport):
 
     # ------------------------------------------------------------------ the hot path
 
-    def _read(self, conn: Conn, until_connected: bool = False) -> str | None:
-        """Read and dispatch until the connection is lost (returns why).
+    def _on_readable(self, conn: Conn) -> None:
+        """The poller's callback: one read, every complete frame handled."""
+        if conn.lost:
+            return
+        reason = self._consume(conn)
+        if reason is not None:
+            self._on_loss(conn, reason)
 
-        With ``until_connected`` it also returns None as soon as the session is up.
-        """
-        recv_into = conn.sock.recv_into
-        raw_recv_into, wait, readable = _wait_first(conn.sock)
-        parse = conn.parser.parse
-        on_text = self._on_text
-        buf = conn.buf
-        view = memoryview(buf)
-        end = conn.end
-        try:
-            while True:
+    def _read(self, conn: Conn, until_connected: bool = False) -> str | None:
+        """Wait, read and dispatch in this greenlet until the connection is lost (returns
+        why); with ``until_connected`` also return None as soon as the session is up."""
+        wait, readable = conn.wait, conn.readable
+        if conn.pending:  # frames that came with the handshake's answer
+            reason = self._consume(conn, read=False)
+            if reason is not None or (until_connected and conn.sid is not None):
+                return reason
+        while True:
+            if conn.abort_reason is not None:  # aborted before this greenlet first ran: its watcher is gone
+                return conn.abort_reason
+            if wait is not None:
                 try:
-                    if wait is None:
-                        n = recv_into(view[end:])
-                    else:
-                        wait(readable)
-                        n = raw_recv_into(view[end:])
-                except BlockingIOError:  # a spurious wake-up
-                    continue
-                except OSError as exc:
+                    wait(readable)
+                except OSError as exc:  # closed by another greenlet (drop, abort)
                     return conn.abort_reason or f"socket error: {exc}"
-                if not n:
-                    return conn.abort_reason or "connection closed by the server (EOF)"
-                end += n
-                try:
-                    frames, used = parse(buf, end)
-                except ProtocolError as exc:
-                    self._report("protocol_error", str(exc))
-                    self._abort(conn, f"unreadable WebSocket frame: {exc}")
-                    return conn.abort_reason
-                if used:
-                    end -= used
-                    if end:
-                        view[:end] = view[used : used + end]
-                elif end == len(buf):  # one frame larger than the buffer: grow it
-                    view.release()
-                    buf.extend(bytes(len(buf)))
-                    view = memoryview(buf)
-                conn.end = end
-                for op, payload in frames:
-                    if op == 1:
-                        on_text(conn, payload)
-                    else:
-                        self._on_control(conn, op, payload)
-                if conn.abort_reason is not None or self._closing:
-                    return conn.abort_reason or "closed"
-                if until_connected and conn.sid is not None:
-                    return None
-        finally:
-            view.release()
+            reason = self._consume(conn)
+            if reason is not None:
+                return reason
+            if until_connected and conn.sid is not None:
+                return None
+
+    def _consume(self, conn: Conn, read: bool = True) -> str | None:
+        """One ``recv_into`` (after the pending partial frame) into the shared buffer, parse,
+        dispatch. None to go on (also when there was nothing to read), else why it is lost.
+        ``read=False``: only what is pending."""
+        pending = conn.pending
+        p = len(pending)
+        buf, view = (_SHARED, _SHARED_VIEW) if conn.own_buf is None else (conn.own_buf, memoryview(conn.own_buf))
+        if p:
+            if p > _BUF_SIZE // 2:  # a frame larger than half the buffer: a private one, twice its size
+                buf = bytearray(2 * p)
+                view = memoryview(buf)
+            view[:p] = pending
+        n = 0
+        if read:
+            try:
+                recv_into = conn.recv_into
+                n = recv_into(view[p:]) if recv_into is not None else conn.sock.recv_into(view[p:])
+            except BlockingIOError:  # nothing there after all (a spurious wake-up)
+                return None
+            except OSError as exc:
+                return conn.abort_reason or f"socket error: {exc}"
+            if not n:
+                return conn.abort_reason or "connection closed by the server (EOF)"
+        end = p + n
+        try:
+            frames, used = conn.parser.parse(buf, end)
+        except ProtocolError as exc:
+            self._report("protocol_error", str(exc))
+            self._abort(conn, f"unreadable WebSocket frame: {exc}")
+            return conn.abort_reason
+        # copied out before any handler runs: a handler that yields lets others use the buffer
+        conn.pending = bytes(view[used:end]) if used < end else b""
+        on_text = self._on_text
+        for op, payload in frames:
+            if op == 1:
+                on_text(conn, payload)
+            else:
+                self._on_control(conn, op, payload)
+        if conn.abort_reason is not None or self._closing:
+            return conn.abort_reason or "closed"
+        return None
 
     def _on_control(self, conn: Conn, op: int, payload: codec.Payload) -> None:
         if op == codec.OP_PING:
@@ -347,14 +433,20 @@ class FramedTransport(Transport):
         """sendall, with frames of concurrent greenlets never interleaved.
 
         A flag instead of a lock on the fast path (a gevent Semaphore costs ~0.5 us here):
-        only when a sendall is blocked mid-frame do other senders queue on the lock.
+        only when a send is blocked mid-frame do other senders queue on the lock.
         """
         if conn.busy:
             return self._send_queued(conn, frame)
         conn.busy = True
         try:
-            # send, not sendall: gevent's sendall makes a getsockopt syscall per call
-            sent = conn.sock.send(frame)
+            raw_send = conn.raw_send
+            if raw_send is not None:  # the syscall itself; gevent waits only when it must
+                try:
+                    sent = raw_send(frame)
+                except BlockingIOError:
+                    sent = 0
+            else:  # send, not sendall: gevent's sendall makes a getsockopt syscall per call
+                sent = conn.sock.send(frame)
             if sent < len(frame):
                 conn.sock.sendall(memoryview(frame)[sent:])
             return True
@@ -364,9 +456,13 @@ class FramedTransport(Transport):
         finally:
             conn.busy = False
             if conn.waiting:
+                assert conn.idle is not None
                 conn.idle.set()
 
     def _send_queued(self, conn: Conn, frame: bytes) -> bool:
+        if conn.wlock is None:
+            conn.wlock, conn.idle = Semaphore(), Event()
+        assert conn.idle is not None
         with conn.wlock:
             while conn.busy:
                 conn.waiting += 1
@@ -376,10 +472,13 @@ class FramedTransport(Transport):
             return self._send_frame(conn, frame)
 
     def _abort(self, conn: Conn, reason: str) -> None:
-        """Reset the connection; emit() returns False from now on, the reader reports it."""
+        """Reset the connection; emit() returns False from now on, the loss is reported."""
         if self._live is conn:
             self._live = None
+        polled = conn.watched
         conn.abort(reason)
+        if polled:  # the poller never sees a closed descriptor: report the loss here
+            self._on_loss(conn, conn.abort_reason or reason)
 
     def _sweep(self, now: float) -> None:
         """Run by :data:`SWEEPER`: expire acks, abort a connection the server stopped pinging."""

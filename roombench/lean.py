@@ -89,7 +89,7 @@ class LeanTransport(FramedTransport):
         aid = acks.next_id
         acks.next_id = aid + 1
         acks.pending[aid] = (ack, _now() + self.ack_timeout)
-        if self._send_frame(conn, conn.writer.text(self._p42 + b"%d" % aid + _dumps(args))):
+        if self._send_frame(conn, conn.writer.text(b"%b%d%b" % (self._p42, aid, _dumps(args)))):
             return True
         acks.pending.pop(aid, None)
         return False
@@ -107,24 +107,27 @@ class LeanTransport(FramedTransport):
         """One Engine.IO packet. Events and acks on the default namespace take the short
         way (prefix by bytes, one orjson call); everything else goes through the codec."""
         try:
-            if self._fast:
-                head = p[:3]
-                if head == b"42[":
+            # the prefix by byte values ("4" = 52, "2" = 50, "[" = 91, "3" = 51): no slices
+            if self._fast and len(p) > 2 and p[0] == 52:
+                kind = p[1]
+                if kind == 50 and p[2] == 91:
                     data = _loads(p[2:])
                     if type(data) is list and data and data[0] in self._known:
                         self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
                         return
-                elif head[:2] == b"43":
+                elif kind == 51:
                     i = p.find(b"[", 2)
-                    if i > 2 and p[2:i].isdigit():
+                    digits = p[2:i]
+                    if i > 2 and digits.isdigit():
                         args = _loads(p[i:])
-                        entry = self._acks.pending.pop(int(p[2:i]), None)
+                        aid = int(digits)
+                        entry = self._acks.pending.pop(aid, None)
                         if entry is not None and entry[1] >= _now():  # AckTable.resolve, inlined
                             entry[0](args[0] if args else None, None)
                         else:
                             if entry is not None:
                                 self._acks.fail(entry[0], "timeout")
-                            self._report("late_ack", f"ack {int(p[2:i])} arrived after its timeout")
+                            self._report("late_ack", f"ack {aid} arrived after its timeout")
                         return
             self._on_packet(conn, *codec.decode_packet(p))
         except ProtocolError as exc:

@@ -72,13 +72,18 @@ class Poller:
             self._glet = gevent.spawn(self._run)
 
     def discard(self, fd: int) -> None:
-        """Stop watching ``fd``; call it before closing the socket (harmless after)."""
+        """Stop watching ``fd``; call it before closing the socket (harmless after).
+        The last one out ends the greenlet (a later :meth:`add` starts a new one)."""
         if self._callbacks.pop(fd, None) is None or self._ep is None:
             return
         try:
             self._ep.unregister(fd)
         except (OSError, ValueError):  # already closed: the kernel dropped it from the set
             pass
+        glet = self._glet
+        if not self._callbacks and glet is not None and glet is not gevent.getcurrent():
+            self._glet, self._ep = None, None  # the dying greenlet closes its set
+            glet.kill(block=False)
 
     def _run(self) -> None:
         ep = self._ep
@@ -104,9 +109,12 @@ class Poller:
             watcher.close()
             if self._glet is gevent.getcurrent():
                 self._glet = None
-                if not callbacks:
+            if self._ep is not ep or not callbacks:
+                if self._ep is ep:
                     self._ep = None
-                    ep.close()
+                ep.close()
+            elif self._glet is None:  # killed from outside with connections left: go on
+                self._glet = gevent.spawn(self._run)
 
 
 #: the process's poller; :class:`~roombench.wsconn.FramedTransport` registers its connections here

@@ -11,6 +11,7 @@ ledger updates and histogram records. Blocking work (REST) runs in its own green
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -178,7 +179,7 @@ class ChatSession:
         data = {self._f_ch: room, self._f_content: self.content, self._f_temp: temp_id}
         if self._callback:
             self.unconfirmed[temp_id] = 0.0
-            sent = self.transport.emit(self._ev_send, data, lambda p, e: self._on_ack(temp_id, p, e))
+            sent = self.transport.emit(self._ev_send, data, functools.partial(self._on_ack, temp_id))
         else:
             self.unconfirmed[temp_id] = intended + sc.ack_timeout
             sent = self.transport.emit(self._ev_send, data)

@@ -16,6 +16,7 @@ every connection while it connects and when ``ROOMBENCH_READER=greenlet`` is set
 
 from __future__ import annotations
 
+import functools
 import os
 import socket as _socket
 import struct
@@ -272,7 +273,7 @@ class FramedTransport(Transport):
         """Hand an established connection to the poller (or, for TLS, a greenlet of its own)."""
         if _USE_POLLER and conn.recv_into is not None:
             conn.watched = True
-            POLLER.add(conn.fd, lambda: self._on_readable(conn))
+            POLLER.add(conn.fd, functools.partial(self._on_readable, conn))
         else:
             self._runner = gevent.spawn(self._read_until_lost, conn)
 

@@ -1,0 +1,203 @@
+"""Medians over rounds, ratios, target verdicts and the markdown table of a benchmark run."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+#: the figures whose median over rounds is reported (dotted: inside "lat")
+FIGURES = ("acks_per_s", "deliveries_per_s", "us_cpu_per_ack", "us_cpu_per_delivery", "gen_cpu_pct",
+           "gen_user_pct", "gen_sys_pct", "server_cpu_pct", "other_cpu_pct", "connected", "lat.ack.p50_ms", "lat.ack.p99_ms",
+           "lat.fanout.p50_ms", "lat.fanout.p99_ms", "rss_per_conn_kb", "connects_per_s", "us_cpu_per_connect",
+           "server_us_cpu_per_connect", "server_connect_cpu_pct")
+KEY = ("suite", "tool", "connections", "room_size", "processes", "rate")
+
+
+def _get(run: dict[str, Any], dotted: str) -> float | None:
+    value: Any = run
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, (int, float)) else None
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (suite, tool, connections, room size, processes): the median of every
+    figure over its rounds, the rounds' spread of CPU per ack, and their errors."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        if "error" not in run:
+            groups.setdefault(tuple(run[k] for k in KEY), []).append(run)
+    rows = []
+    for key, group in groups.items():
+        row: dict[str, Any] = dict(zip(KEY, key))
+        row["rounds"] = len(group)
+        for fig in FIGURES:
+            values = [v for v in (_get(r, fig) for r in group) if v is not None]
+            row[fig] = round(statistics.median(values), 3) if values else None
+        per_ack = [r["us_cpu_per_ack"] for r in group if r.get("us_cpu_per_ack")]
+        row["us_cpu_per_ack_range"] = [min(per_ack), max(per_ack)] if per_ack else None
+        errors: dict[str, int] = {}
+        for r in group:
+            for k, v in r.get("errors", {}).items():
+                errors[k] = errors.get(k, 0) + v
+        row["errors"] = errors
+        rows.append(row)
+    return rows
+
+
+def _find(rows: list[dict[str, Any]], suite: str, tool: str, **where: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if row["suite"] == suite and row["tool"] == tool and all(row[k] == v for k, v in where.items()):
+            return row
+    return None
+
+
+def ratios(rows: list[dict[str, Any]], connections: int = 50) -> dict[str, Any]:
+    """roombench-lean against every other tool at ``connections``: how many times less CPU
+    per ack it needs, and how many times more acks/s it produced."""
+    lean = _find(rows, "ack", "roombench-lean", connections=connections, processes=1)
+    out: dict[str, Any] = {}
+    if lean is None:
+        return out
+    for row in rows:
+        if row["suite"] == "ack" and row["connections"] == connections and row["tool"] != "roombench-lean":
+            out[row["tool"]] = {
+                "cpu_per_ack_ratio": _div(row["us_cpu_per_ack"], lean["us_cpu_per_ack"]),
+                "acks_per_s_ratio": _div(lean["acks_per_s"], row["acks_per_s"]),
+            }
+    return out
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def targets(rows: list[dict[str, Any]], fd_cap: int) -> dict[str, Any]:
+    """The issue's floor and goal, each with the value it was judged on (None: not measured)."""
+    out: dict[str, Any] = {}
+    lean = _find(rows, "ack", "roombench-lean", connections=50, processes=1)
+    sio = _find(rows, "ack", "locust-socketio", connections=50, processes=1)
+
+    def verdict(name: str, value: float | None, ok: bool | None, want: str) -> None:
+        out[name] = {"value": value, "want": want, "pass": ok if value is not None else None}
+
+    if lean:
+        cpu, rate, p99 = lean["us_cpu_per_ack"], lean["acks_per_s"], lean["lat.ack.p99_ms"]
+        verdict("floor.us_cpu_per_ack", cpu, cpu is not None and cpu <= 33, "<= 33 µs at 50 connections")
+        verdict("floor.acks_per_s", rate, rate is not None and rate >= 20_000, ">= 20,000 at 50 connections")
+        verdict("floor.ack_p99_ms", p99, p99 is not None and p99 < 5, "< 5 ms at 50 connections")
+        verdict("goal.us_cpu_per_ack", cpu, cpu is not None and cpu <= 20, "<= 20 µs at 50 connections")
+        if sio and sio["us_cpu_per_ack"] and cpu:
+            r = round(sio["us_cpu_per_ack"] / cpu, 1)
+            verdict("goal.x_socketio_user", r, r >= 10, ">= 10x Locust's SocketIOUser (CPU per ack)")
+    for row in rows:
+        if row["suite"] == "fanout" and row["tool"] == "roombench-lean":
+            m = row["room_size"]
+            cpu, rate, p99 = row["us_cpu_per_delivery"], row["deliveries_per_s"], row["lat.fanout.p99_ms"]
+            tag = f"fanout{m}@{_offered(row):,.0f}"
+            verdict(f"{tag}.us_cpu_per_delivery", cpu, cpu is not None and cpu <= 10, "<= 10 µs")
+            verdict(f"{tag}.deliveries_per_s", rate, bool(rate and rate >= 80_000 and p99 is not None and p99 < 5),
+                    f">= 80,000/s with p99 < 5 ms (p99 {p99} ms, server CPU {row['server_cpu_pct']} %)")
+        if row["suite"] == "idle" and row["tool"] == "roombench-lean":
+            held, kb, cps = row["connected"], row["rss_per_conn_kb"], row["connects_per_s"]
+            want_held = min(20_000, fd_cap)
+            verdict("idle.connections", held, held is not None and held >= want_held,
+                    f">= 20,000 (this machine's open-file limit allows {fd_cap})")
+            verdict("idle.rss_per_conn_kb", kb, kb is not None and kb <= 15, "<= 15 KB")
+            verdict("idle.connects_per_s", cps, cps is not None and cps >= 2000, ">= 2,000/s")
+    return out
+
+
+def _offered(row: dict[str, Any]) -> float:
+    """Measured deliveries/s a fan-out row offered: connections x rate x (room size - 1)."""
+    return round(row["connections"] * (row["rate"] or 0) * (row["room_size"] - 1), -2)
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The run as markdown: machine, one table per suite, ratios and targets."""
+    m, o, rows = doc["machine"], doc["options"], doc["medians"]
+    mem = (m.get("memory_bytes") or 0) / 2**30
+    lines = [f"## Generator benchmark {doc['created']}", "",
+             f"Machine: {m['cpu_model']}, {m['cores']} cores, {mem:.0f} GiB, {m['platform']}; "
+             f"node {m.get('node')}, Python {m['versions']['python']}. Server: {doc['server']}. "
+             f"Medians of {o['rounds']} alternating round(s), {o['duration']:g} s windows after {o['warmup']:g} s warm-up; "
+             "CPU = the generator's process tree (user + system) from /proc, per generator process unless noted; "
+             "other CPU % = what the rest of the machine used meanwhile (a shared machine is noisy).", ""]
+    lines += _table(rows, "ack", "Acks: closed loop, one message in flight per connection, each in its own room "
+                    "(the server acks and echoes new_message to the sender)",
+                    ["connections", "tool", "acks/s", "µs CPU/ack", "(user/sys %)", "p50 ms", "p99 ms",
+                     "gen CPU %", "server CPU %", "other CPU %"],
+                    lambda r: [r["connections"], r["tool"], _f(r["acks_per_s"]), _f(r["us_cpu_per_ack"]),
+                               f"{_f(r['gen_user_pct'], 0)}/{_f(r['gen_sys_pct'], 0)}", _f(r["lat.ack.p50_ms"], 2),
+                               _f(r["lat.ack.p99_ms"], 2), _f(r["gen_cpu_pct"], 0), _f(r["server_cpu_pct"], 0),
+                               _f(r["other_cpu_pct"], 0)],
+                    lambda r: (r["connections"], r["tool"]), processes=1)
+    if doc.get("ratios"):
+        lines += ["Ratios at 50 connections (roombench-lean vs each tool): CPU per ack (theirs / ours), acks/s (ours / theirs)", "",
+                  "| tool | CPU per ack × | acks/s × |", "|---|---|---|"]
+        lines += [f"| {t} | {_f(v['cpu_per_ack_ratio'], 2)} | {_f(v['acks_per_s_ratio'], 2)} |" for t, v in doc["ratios"].items()]
+        lines.append("")
+    lines += _table(rows, "fanout", "Fan-out: rooms of M, each member sending open loop; a measured delivery is a "
+                    "new_message at a member other than the sender (latency from the intended send time)",
+                    ["room", "conns", "offered/s", "tool", "deliveries/s", "µs CPU/delivery", "p50 ms", "p99 ms", "acks/s",
+                     "gen CPU %", "server CPU %"],
+                    lambda r: [r["room_size"], r["connections"], _f(_offered(r)), r["tool"], _f(r["deliveries_per_s"]),
+                               _f(r["us_cpu_per_delivery"], 2), _f(r["lat.fanout.p50_ms"], 2),
+                               _f(r["lat.fanout.p99_ms"], 2), _f(r["acks_per_s"]), _f(r["gen_cpu_pct"], 0),
+                               _f(r["server_cpu_pct"], 0)],
+                    lambda r: (r["room_size"], r["rate"] or 0, r["tool"]))
+    lines += _table(rows, "idle", "Idle connections: connected and joined, nothing sent",
+                    ["tool", "held", "RSS KB/conn", "connects/s", "µs CPU/connect", "server µs CPU/connect",
+                     "server CPU % while connecting", "idle gen CPU %"],
+                    lambda r: [r["tool"], _f(r["connected"]), _f(r["rss_per_conn_kb"], 1), _f(r["connects_per_s"]),
+                               _f(r["us_cpu_per_connect"], 0), _f(r["server_us_cpu_per_connect"], 0),
+                               _f(r["server_connect_cpu_pct"], 0), _f(r["gen_cpu_pct"], 1)],
+                    lambda r: r["tool"])
+    lines += _table(rows, "processes", "Processes: roombench-lean, same total connections in 1 and 2 generator "
+                    "processes (totals over the processes; CPU includes Locust's master)",
+                    ["processes", "connections", "acks/s", "µs CPU/ack", "p99 ms", "gen CPU %", "server CPU %"],
+                    lambda r: [r["processes"], r["connections"], _f(r["acks_per_s"]), _f(r["us_cpu_per_ack"]),
+                               _f(r["lat.ack.p99_ms"], 2), _f(r["gen_cpu_pct"], 0), _f(r["server_cpu_pct"], 0)],
+                    lambda r: r["processes"])
+    if doc.get("scaling"):
+        lines += [f"Scaling: {doc['scaling']}", ""]
+    if doc.get("targets"):
+        lines += ["Targets (roombench-lean):", "", "| target | value | wanted | verdict |", "|---|---|---|---|"]
+        for name, t in doc["targets"].items():
+            mark = {True: "PASS", False: "FAIL", None: "–"}[t["pass"]]
+            lines.append(f"| {name} | {_f(t['value'], 2)} | {t['want']} | {mark} |")
+        lines.append("")
+    profiled = [r for r in doc["runs"] if r.get("profile") and r["tool"] == "roombench-lean" and r["suite"] == "ack"]
+    if profiled:
+        r = max(profiled, key=lambda r: r["connections"] == 50)
+        lines += [f"Profile of roombench-lean at {r['connections']} connections (py-spy, % of samples; C time "
+                  "is charged to the Python line that called it):", "", "| self % | function | | inclusive % | function |",
+                  "|---|---|---|---|---|"]
+        for (f1, p1), (f2, p2) in zip(r["profile"]["self"], r["profile"]["inclusive"]):
+            lines.append(f"| {p1} | {f1} | | {p2} | {f2} |")
+        lines.append("")
+    failed = [r for r in doc["runs"] if "error" in r]
+    if failed:
+        lines += [f"{len(failed)} measurement(s) failed: " + "; ".join(
+            f"{r['tool']} {r['suite']} {r['connections']}: {r['error'].splitlines()[0]}" for r in failed), ""]
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict[str, Any]], suite: str, title: str, head: list[str], cells: Any, order: Any,
+           **where: Any) -> list[str]:
+    chosen = sorted((r for r in rows if r["suite"] == suite and all(r[k] == v for k, v in where.items())), key=order)
+    if not chosen:
+        return []
+    out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in cells(r)) + " |" for r in chosen]
+    return out + [""]

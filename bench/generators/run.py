@@ -1,0 +1,198 @@
+"""Generator benchmark: roombench against Locust's SocketIOUser, Artillery and Node's client.
+
+    python bench/generators/run.py [--quick] [--rounds 3] [--suites ack,fanout,idle,processes]
+
+In ONE run, on the same server (Node's official socket.io 4.8, one process, started
+fresh for every measurement) and the same load, alternating the tools round by round:
+
+- ack: acks/s, generator CPU per ack, p50/p99 at 10, 50, 200, 1000 connections,
+  each connection waiting for its ack before sending again;
+- fanout: deliveries/s and CPU per delivery in rooms of 10 and 100 (open loop);
+- idle: connections held (up to 20,000, or what the open-file limit allows), RSS per
+  connection, connects/s;
+- processes: roombench-lean with ``locust --processes 2`` against one process.
+
+Every figure is per generator process with the server's CPU beside it. Above ~50k acks/s
+the server, not the generator, is the limit; CPU per ack is then the figure that compares
+generators (capacity per core = 10^6 / µs per ack). Writes results/<timestamp>.json
+(schema roombench.genbench/1) and .md, and prints the markdown. Installs the node
+server's, the Node client's and Artillery's packages on demand (Artillery: ~460 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402
+from measure import measure  # noqa: E402
+from tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, TOOLS, Job, ensure_installed  # noqa: E402
+
+from roombench.machine import machine_info  # noqa: E402
+
+SCHEMA = "roombench.genbench/1"
+FANOUT_USERS = 100
+PROCESSES_CONNECTIONS = 100
+
+
+def _raise_fd_limit() -> int:
+    """Soft open-file limit up to the hard one (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; --quick shrinks every default to a ~3 minute smoke run."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round, 3 s windows, 50 connections, rooms of 10, 2,000 idle")
+    p.add_argument("--rounds", type=int, help="alternating rounds per figure (default 3)")
+    p.add_argument("--duration", type=float, help="seconds per measured window (default 5)")
+    p.add_argument("--warmup", type=float, default=1.5, help="seconds between ready and the window")
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help="comma-separated, of: " + ", ".join(TOOLS))
+    p.add_argument("--suites", default="ack,fanout,idle,processes")
+    p.add_argument("--connections", help="ack suite connection counts (default 10,50,200,1000)")
+    p.add_argument("--fanout-rooms", help="fan-out room sizes (default 10,100)")
+    p.add_argument("--fanout-deliveries", default="30000,90000",
+                   help="offered measured deliveries/s in the fan-out suite, one measurement each "
+                   "(sets each user's rate): one the server keeps up with, and the issue's 80k+")
+    p.add_argument("--idle-connections", type=int, help="idle suite connections (default 20000, capped by the fd limit)")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy profile of every Python generator's window (pip install py-spy), "
+                   "raw stacks in results/<timestamp>-profiles/, top functions in the JSON")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.rounds = max(1, min(a.rounds or (1 if quick else 3), 10))
+    a.duration = max(1.0, min(a.duration or (3.0 if quick else 5.0), 60.0))
+    a.connections = _ints(a.connections or ("50" if quick else "10,50,200,1000"))
+    a.fanout_rooms = _ints(a.fanout_rooms or ("10" if quick else "10,100"))
+    a.fanout_deliveries = _ints(a.fanout_deliveries)
+    a.idle_connections = a.idle_connections or (2000 if quick else 20_000)
+    a.tools = [t for t in a.tools.split(",") if t]
+    a.suites = [s for s in a.suites.split(",") if s]
+    unknown = [t for t in a.tools if t not in TOOLS]
+    if unknown:
+        p.error(f"unknown tool(s) {unknown}; known: {', '.join(TOOLS)}")
+    return a
+
+
+def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
+    """(suite, round, job) in run order: every suite's rounds alternate the tools' order."""
+    out: list[tuple[str, int, Job]] = []
+    idle_n = min(a.idle_connections, fd_cap - 200)  # the generator's own fds need room too
+    for rnd in range(a.rounds):
+        order = a.tools if rnd % 2 == 0 else a.tools[::-1]
+        if "ack" in a.suites:
+            out += [("ack", rnd, Job(t, "ack", n)) for n in a.connections for t in order if "ack" in TOOLS[t]]
+        if "fanout" in a.suites:
+            for m in a.fanout_rooms:
+                for offered in a.fanout_deliveries:
+                    rate = round(offered / (FANOUT_USERS * (m - 1)), 3)
+                    out += [("fanout", rnd, Job(t, "fanout", FANOUT_USERS, room_size=m, rate=rate))
+                            for t in order if "fanout" in TOOLS[t]]
+        if "idle" in a.suites and rnd == 0:  # one round: minutes per tool at 20k connections
+            out += [("idle", rnd, Job(t, "idle", idle_n, ready_timeout=150, runtime=300))
+                    for t in order if "idle" in TOOLS[t]]
+        if "processes" in a.suites and "roombench-lean" in a.tools:
+            procs = (1, 2) if rnd % 2 == 0 else (2, 1)
+            out += [("processes", rnd, Job("roombench-lean", "ack", PROCESSES_CONNECTIONS, processes=p))
+                    for p in procs]
+    return out
+
+
+def _versions() -> dict[str, Any]:
+    lock = json.loads((HERE / "node_client" / "package-lock.json").read_text())
+    server_lock = json.loads((HERE.parent.parent / "roombench/servers/node/package-lock.json").read_text())
+    return {"artillery": ARTILLERY_VERSION,
+            "socket.io-client": lock["packages"]["node_modules/socket.io-client"]["version"],
+            "socket.io (server)": server_lock["packages"]["node_modules/socket.io"]["version"]}
+
+
+def _write(doc: dict[str, Any], out: Path, stamp: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def finish(doc: dict[str, Any], fd_cap: int) -> None:
+    """Medians, ratios, targets and the scaling sentence from the runs so far."""
+    rows = doc["medians"] = report.medians(doc["runs"])
+    doc["ratios"] = report.ratios(rows)
+    doc["targets"] = report.targets(rows, fd_cap)
+    one = report._find(rows, "processes", "roombench-lean", processes=1)
+    two = report._find(rows, "processes", "roombench-lean", processes=2)
+    if one and two and one["acks_per_s"]:
+        doc["scaling"] = (
+            f"2 processes give {two['acks_per_s'] / one['acks_per_s']:.2f}x the acks/s of 1 "
+            f"({two['acks_per_s']:,.0f} vs {one['acks_per_s']:,.0f}) with the server at {two['server_cpu_pct']:.0f} % vs "
+            f"{one['server_cpu_pct']:.0f} % of a core and the generators at {two['gen_cpu_pct']:.0f} % vs "
+            f"{one['gen_cpu_pct']:.0f} %: on {doc['machine']['cores']} cores shared with the server, a second "
+            "generator process only adds what the server and the core it shares leave over.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the plan, writing the JSON after every measurement; print the markdown."""
+    a = parse_args(argv)
+    fd_cap = _raise_fd_limit()
+    ensure_installed(a.tools)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    doc: dict[str, Any] = {
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(), "versions": _versions(), "fd_limit": fd_cap,
+        "server": "Node socket.io 4.8 (roombench/servers/node, one process, fresh per measurement)",
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "runs": [],
+    }
+    jobs = plan(a, fd_cap)
+    print(f"genbench: {len(jobs)} measurements; results in {a.out}/{stamp}.json", flush=True)
+    profiles = a.out / f"{stamp}-profiles"
+    if a.profile:
+        profiles.mkdir(parents=True, exist_ok=True)
+    for i, (suite, rnd, job) in enumerate(jobs, 1):
+        spy = profiles / f"{suite}-{job.tool}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
+        result = measure(job, a.warmup, a.duration if suite != "idle" else min(a.duration, 3.0),
+                         spy if a.profile and suite != "idle" else None)
+        result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,
+                      room_size=job.room_size, processes=job.processes,
+                      rate=job.rate if job.mode == "fanout" else None)
+        doc["runs"].append(result)
+        print(f"[{i}/{len(jobs)}] {_line(result)}", flush=True)
+        finish(doc, fd_cap)
+        path = _write(doc, a.out, stamp)
+    text = report.markdown(doc)
+    path.with_suffix(".md").write_text(text + "\n")
+    print("\n" + text)
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    head = f"{r['suite']:9s} {r['tool']:16s} n={r['connections']:<5d} m={r['room_size']:<3d} p={r['processes']}"
+    if "error" in r:
+        return f"{head} ERROR {r['error'].splitlines()[0]}"
+    if r["suite"] == "idle":
+        return (f"{head} held {r['connected']} rss {r['rss_per_conn_kb']} KB/conn {r['connects_per_s']:.0f} conn/s")
+    lat = r["lat"].get("fanout" if r["suite"] == "fanout" else "ack", {})
+    rate = r["deliveries_per_s"] if r["suite"] == "fanout" else r["acks_per_s"]
+    per = r["us_cpu_per_delivery"] if r["suite"] == "fanout" else r["us_cpu_per_ack"]
+    return (f"{head} {rate:9.0f}/s {per} µs CPU each, p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} ms, "
+            f"gen {r['gen_cpu_pct']:.0f} % server {r['server_cpu_pct']:.0f} %")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

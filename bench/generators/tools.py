@@ -1,0 +1,136 @@
+"""The generators under test: how to install each one and the command line of one run.
+
+Every tool runs the same scenario against the same server and reports through the same
+marks (marks.py / node_client/marks.js). Modes:
+
+- ``ack``: N connections, each in a room of its own, closed loop: send_message, wait
+  for its ack, send the next (the server also echoes new_message to the sender's room);
+- ``fanout``: N connections in rooms of M, each sending ``rate`` messages/s open loop;
+  every message reaches the M-1 other members (a *measured delivery*) and its sender;
+- ``idle``: N connections, connected and joined, nothing sent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NODE_CLIENT = HERE / "node_client"
+ARTILLERY_DIR = HERE / ".artillery"
+ARTILLERY_VERSION = "2.0.34"
+ARTILLERY_BIN = ARTILLERY_DIR / "node_modules" / "artillery" / "bin" / "run"
+SERVER_DIR = HERE.parent.parent / "roombench" / "servers" / "node"
+
+#: tool name -> which modes it runs (Artillery's engine measures acks only; SocketIOUser
+#: has no fan-out latency of its own: it logs every received event with response time 0)
+TOOLS: dict[str, tuple[str, ...]] = {
+    "roombench-lean": ("ack", "fanout", "idle"),
+    "roombench-compat": ("ack", "fanout", "idle"),
+    "locust-socketio": ("ack", "idle"),
+    "artillery": ("ack",),
+    "node-client": ("ack", "fanout", "idle"),
+    # not run by default: the lean transport with a reader greenlet per connection (as
+    # before roombench.poller), to measure what the poller changed
+    "roombench-lean-greenlet": ("ack", "fanout", "idle"),
+}
+DEFAULT_TOOLS = [t for t in TOOLS if t != "roombench-lean-greenlet"]
+SIZE = 64  # bytes of message content, as roombench's default
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measured run of one tool."""
+
+    tool: str
+    mode: str
+    connections: int
+    processes: int = 1
+    room_size: int = 1
+    rate: float = 1.0  # fanout: messages/s per connection
+    ready_timeout: float = 60.0
+    runtime: float = 120.0  # upper bound of the tool's own run time (s)
+
+
+def _npm(args: list[str], env: dict[str, str] | None = None) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("npm is not on PATH: the Node tools need Node.js >= 20 and npm")
+    print(f"installing: npm {' '.join(args)}", flush=True)
+    subprocess.run([npm, *args, "--no-audit", "--no-fund", "--loglevel=error"], check=True,
+                   env={**os.environ, **(env or {})}, timeout=900)
+
+
+def ensure_installed(tools: list[str]) -> None:
+    """Install on demand what the chosen tools need (the node server always)."""
+    if not (SERVER_DIR / "node_modules" / "socket.io").is_dir():
+        _npm(["ci", "--prefix", str(SERVER_DIR)])
+    if "node-client" in tools or "artillery" in tools:
+        if not (NODE_CLIENT / "node_modules" / "socket.io-client").is_dir():
+            _npm(["ci", "--prefix", str(NODE_CLIENT)])
+    if "artillery" in tools and not ARTILLERY_BIN.exists():
+        # ~460 MB; Playwright's browser download (not needed here) cannot reach its CDN offline
+        ARTILLERY_DIR.mkdir(exist_ok=True)
+        _npm(["install", "--prefix", str(ARTILLERY_DIR), f"artillery@{ARTILLERY_VERSION}"],
+             env={"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
+
+
+def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of one run of ``job``'s tool."""
+    env = {**os.environ, "BENCH_CTL": str(ctl), "BENCH_USERS": str(job.connections // job.processes),
+           "BENCH_READY_TIMEOUT": f"{job.ready_timeout:g}", "BENCH_SIZE": str(SIZE), "BENCH_MODE": job.mode,
+           "BENCH_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    if job.tool.startswith("roombench-"):
+        if job.tool == "roombench-lean-greenlet":
+            env["ROOMBENCH_READER"] = "greenlet"
+        return _locust(job, url, "locust_roombench.py", _roombench_options(job, token)), env
+    if job.tool == "locust-socketio":
+        return _locust(job, url, "locust_socketio_user.py", []), env
+    node = shutil.which("node") or "node"
+    if job.tool == "node-client":
+        return [node, str(NODE_CLIENT / "client.js"), "--url", url, "--token", token, "--connections",
+                str(job.connections), "--mode", job.mode, "--room-size", str(job.room_size),
+                "--rate", f"{job.rate:g}", "--size", str(SIZE)], env
+    if job.tool == "artillery":
+        script = workdir / "artillery.yml"
+        script.write_text(_artillery_script(job, url, token))
+        env["ARTILLERY_DISABLE_TELEMETRY"] = "true"
+        return [node, str(ARTILLERY_BIN), "run", "--quiet", str(script)], env
+    raise SystemExit(f"unknown tool {job.tool!r}; known: {', '.join(TOOLS)}")
+
+
+def _locust(job: Job, url: str, locustfile: str, extra: list[str]) -> list[str]:
+    spawn_rate = min(job.connections, 5000)
+    argv = [sys.executable, "-m", "locust", "-f", str(HERE / locustfile), "--headless",
+            "-u", str(job.connections), "-r", str(spawn_rate), "-t", f"{math.ceil(job.runtime)}s",
+            "--host", url, "--loglevel", "WARNING", "--only-summary", "--stop-timeout", "5"]
+    if job.processes > 1:
+        argv += ["--processes", str(job.processes)]
+    return argv + extra
+
+
+def _roombench_options(job: Job, token: str) -> list[str]:
+    mode = {
+        "ack": ["--window", "1", "--room-size", "1", "--rate", "1"],
+        "fanout": ["--window", "0", "--room-size", str(job.room_size), "--rate", f"{job.rate:g}"],
+        "idle": ["--window", "0", "--room-size", "1", "--rate", "1e-6"],  # first send in ~days
+    }[job.mode]
+    return mode + ["--transport", job.tool.split("-")[1], "--token", token, "--ack", "callback",
+                   "--size", str(SIZE), "--typing-every", "0", "--read-every", "0", "--drain", "2"]
+
+
+def _artillery_script(job: Job, url: str, token: str) -> str:
+    # bounded loop: enough iterations for 200k acks/s over the whole run, then it ends anyway
+    count = math.ceil(200_000 * job.runtime / job.connections) + 100
+    values = {"__TARGET__": url, "__PROCESSOR__": str(HERE / "artillery" / "processor.js"),
+              "__RAMP_S__": str(max(1, math.ceil(job.connections / 2000))),
+              "__CONNECTIONS__": str(job.connections), "__TOKEN__": token, "__COUNT__": str(count)}
+    text = (HERE / "artillery" / "scenario.yml").read_text()
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := roombench/servers/node
 
-.PHONY: setup setup-servers bench test sweep clean
+.PHONY: setup setup-servers bench test sweep genbench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup setup-servers
 
 sweep: setup setup-servers
 	$(BIN)/roombench sweep bench/default.toml
+
+# Generator capacity vs Locust's SocketIOUser, Artillery (installed on demand), Node's client
+genbench: setup setup-servers
+	$(BIN)/python bench/generators/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(NODE_DIR)/node_modules

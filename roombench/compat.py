@@ -24,7 +24,8 @@ import socketio
 
 from .codec import connect_error_message
 from .exceptions import ConnectFailed
-from .lean import SWEEPER, AckTable, Endpoint, endpoint, open_websocket
+from .handshake import connect_websocket
+from .lean import SWEEPER, AckTable, Endpoint, endpoint
 from .transport import AckCallback, Transport
 
 __all__ = ["CompatTransport"]
@@ -146,7 +147,7 @@ class CompatTransport(Transport):
         if self._refused is not None:
             return ConnectFailed(f"server refused the connection: {self._refused}")
         try:  # find out what went wrong with one handshake of our own
-            open_websocket(ep, min(self.connect_timeout, 3.0)).close()
+            connect_websocket(ep, min(self.connect_timeout, 3.0))[0].close()
         except ConnectFailed as precise:
             return precise
         return ConnectFailed(f"could not connect to {self.url}: {exc}")

@@ -2,8 +2,7 @@
 
 The HTTP upgrade runs over a gevent socket; after it the caller owns the raw socket and
 frames the connection itself (see :mod:`roombench.wsconn`). :func:`connect_websocket`
-does the upgrade itself (a few recv calls, the bytes read past the answer handed back);
-:func:`open_websocket` leaves it to websocket-client (compat's diagnostics use it).
+does the upgrade itself (a few recv calls, the bytes read past the answer handed back).
 Failures are one-line :class:`~roombench.exceptions.ConnectFailed` messages that name
 what went wrong: the URL, DNS, a refused port, the HTTP status of the handshake.
 """
@@ -19,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import websocket
 from gevent import socket as gsocket
 
 from .exceptions import ConnectFailed
 
-__all__ = ["Endpoint", "split_url", "open_websocket", "connect_websocket"]
+__all__ = ["Endpoint", "split_url", "connect_websocket"]
 
 
 @dataclass(frozen=True)
@@ -101,33 +99,6 @@ def _tcp(ep: Endpoint, timeout: float) -> Any:
         raise ConnectFailed(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
-def open_websocket(ep: Endpoint, timeout: float, hint: str = "") -> Any:
-    """TCP connect (a gevent socket, patched or not) and WebSocket upgrade; the raw socket.
-
-    Raises ConnectFailed naming what failed: DNS, refused, HTTP status of the handshake.
-    ``hint`` ends the message when the handshake itself fails (wrong kind of server?).
-    """
-    sock = _tcp(ep, timeout)
-    hint = f"; {hint}" if hint else ""
-    try:
-        sock = _secure(sock, ep)
-        ws = websocket.WebSocket(enable_multithread=False, skip_utf8_validation=True)
-        ws.connect(ep.ws_url, socket=sock, header=ep.headers, timeout=timeout,
-                   redirect_limit=0, suppress_origin=True)
-    except websocket.WebSocketBadStatusException as exc:
-        sock.close()
-        status = f"HTTP {exc.status_code} {exc.status_message or ''}".rstrip()
-        raise ConnectFailed(f"WebSocket handshake with {ep.ws_url} refused: {status}{hint}") from None
-    except (websocket.WebSocketException, OSError) as exc:
-        sock.close()
-        raise ConnectFailed(f"WebSocket handshake with {ep.ws_url} failed: {exc}{hint}") from None
-    except BaseException:  # a gevent.Timeout of the caller
-        sock.close()
-        raise
-    sock.settimeout(None)
-    return sock
-
-
 def _secure(sock: Any, ep: Endpoint) -> Any:
     sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
     if not ep.secure:
@@ -138,8 +109,10 @@ def _secure(sock: Any, ep: Endpoint) -> Any:
 
 
 def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any, bytes]:
-    """:func:`open_websocket` with our own HTTP upgrade: (socket, bytes already read past the
-    server's answer, i.e. the start of its first frames), the same errors.
+    """TCP connect (a gevent socket, patched or not) and our own WebSocket upgrade:
+    (socket, bytes already read past the server's answer, i.e. the start of its first
+    frames). Raises ConnectFailed naming what failed: DNS, refused, the handshake's HTTP
+    status; ``hint`` ends the message when the handshake itself fails (wrong server?).
 
     websocket-client reads the answer's headers one byte per recv() call (it must not
     read past them); reading them in a few calls and handing the rest to the framing

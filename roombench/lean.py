@@ -17,13 +17,13 @@ import orjson
 from . import codec
 from .acks import SWEEP_INTERVAL, SWEEPER, AckTable
 from .exceptions import ProtocolError
-from .handshake import Endpoint, open_websocket, split_url
+from .handshake import Endpoint, split_url
 from .protocol import Profile
 from .transport import AckCallback
 from .wsconn import Conn, FramedTransport
 
-# AckTable, SWEEPER, Endpoint and open_websocket lived here first; compat imports them from here
-__all__ = ["LeanTransport", "AckTable", "Endpoint", "endpoint", "open_websocket", "SWEEPER", "SWEEP_INTERVAL"]
+# AckTable, SWEEPER and Endpoint lived here first; compat imports them from here
+__all__ = ["LeanTransport", "AckTable", "Endpoint", "endpoint", "SWEEPER", "SWEEP_INTERVAL"]
 
 _now = time.monotonic
 _loads = orjson.loads

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 import requests
@@ -31,7 +31,7 @@ class BackfillClient:
     def page(self, channel: str, after: int, limit: int | None = None) -> list[dict[str, Any]]:
         """One page of messages with id > ``after``, in id order. Raises BackfillError."""
         limit = limit or self.profile.backfill_limit
-        url = self.base + self.profile.backfill_url.format(channel_id=channel, after=after, limit=limit)
+        url = self.base + self.profile.backfill_url.format(channel_id=quote(channel, safe=""), after=after, limit=limit)
         try:
             resp = self.http.get(url, timeout=self.timeout)
         except requests.RequestException as exc:

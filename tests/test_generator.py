@@ -153,3 +153,21 @@ def test_idle_generator_is_not_saturated(ref_server: Any) -> None:
 
     merged = merge_reports([run(ref_server.url, replace(FAST, rate=1.0, room_size=2), users=2, duration=1.5)])
     assert merged["loop_lag_p99_ms"] < 20
+
+
+def test_backfill_percent_encodes_the_channel(ref_server: Any) -> None:
+    import time as _time
+
+    from roombench.protocol import DEFAULT_PROFILE
+    from roombench.rest import BackfillClient
+    from tests.helpers import Peer
+
+    room = f"a/b?c {_time.monotonic_ns()}"
+    peer = Peer(ref_server.url)
+    try:
+        peer.call("join", {"room": room})
+        ack = peer.call("send_message", {"channel_id": room, "content": "x", "temp_id": "t1"})
+    finally:
+        peer.client.disconnect()
+    items = BackfillClient(ref_server.url, DEFAULT_PROFILE, REF_TOKEN).after(room, 0, _time.monotonic() + 5)
+    assert [m["id"] for m in items] == [ack["id"]] and items[0]["channel_id"] == room

@@ -11,6 +11,8 @@ FIGURES = ("acks_per_s", "deliveries_per_s", "us_cpu_per_ack", "us_cpu_per_deliv
            "lat.fanout.p50_ms", "lat.fanout.p99_ms", "rss_per_conn_kb", "connects_per_s", "us_cpu_per_connect",
            "server_us_cpu_per_connect", "server_connect_cpu_pct")
 KEY = ("suite", "tool", "connections", "room_size", "processes", "rate")
+#: the yardstick (raw_client.py): left out of ratios(); floor_lines() reads every tool against it
+YARDSTICK = "python-raw"
 
 
 def _get(run: dict[str, Any], dotted: str) -> float | None:
@@ -62,11 +64,26 @@ def ratios(rows: list[dict[str, Any]], connections: int = 50) -> dict[str, Any]:
     if lean is None:
         return out
     for row in rows:
-        if row["suite"] == "ack" and row["connections"] == connections and row["tool"] != "roombench-lean":
+        if row["suite"] == "ack" and row["connections"] == connections and row["tool"] not in ("roombench-lean", YARDSTICK):
             out[row["tool"]] = {
                 "cpu_per_ack_ratio": _div(row["us_cpu_per_ack"], lean["us_cpu_per_ack"]),
                 "acks_per_s_ratio": _div(lean["acks_per_s"], row["acks_per_s"]),
             }
+    return out
+
+
+def floor_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per connection count: every tool's CPU per ack as a multiple of the yardstick's (the
+    machine factor: what the tool costs beyond what any Python client costs here)."""
+    out: list[str] = []
+    for raw in sorted((r for r in rows if r["suite"] == "ack" and r["tool"] == YARDSTICK and r["us_cpu_per_ack"]),
+                      key=lambda r: r["connections"]):
+        others = sorted((r for r in rows if r["suite"] == "ack" and r["connections"] == raw["connections"]
+                         and r["processes"] == 1 and r["tool"] != YARDSTICK and r["us_cpu_per_ack"]),
+                        key=lambda r: r["us_cpu_per_ack"])
+        parts = [f"{r['tool']} {_div(r['us_cpu_per_ack'], raw['us_cpu_per_ack']):.2f}×" for r in others]
+        out.append(f"- {raw['connections']} connections: no Python client here goes below {_f(raw['us_cpu_per_ack'])} "
+                   f"µs CPU/ack ({_f(raw['acks_per_s'])} acks/s)" + (f"; the others' CPU per ack in multiples of it: {', '.join(parts)}" if parts else ""))
     return out
 
 
@@ -147,6 +164,11 @@ def markdown(doc: dict[str, Any]) -> str:
                   "| tool | CPU per ack × | acks/s × |", "|---|---|---|"]
         lines += [f"| {t} | {_f(v['cpu_per_ack_ratio'], 2)} | {_f(v['acks_per_s_ratio'], 2)} |" for t, v in doc["ratios"].items()]
         lines.append("")
+    floor = floor_lines(rows)
+    if floor:
+        lines += [f"Machine factor: {YARDSTICK} is a yardstick, not a load generator (raw_client.py: one epoll "
+                  "loop, no gevent, Locust, ledger or histograms), the cheapest Python client this machine allows:", "",
+                  *floor, ""]
     lines += _table(rows, "fanout", "Fan-out: rooms of M, each member sending open loop; a measured delivery is a "
                     "new_message at a member other than the sender (latency from the intended send time)",
                     ["room", "conns", "offered/s", "tool", "deliveries/s", "µs CPU/delivery", "p50 ms", "p99 ms", "acks/s",

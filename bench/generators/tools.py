@@ -8,6 +8,11 @@ marks (marks.py / node_client/marks.js). Modes:
 - ``fanout``: N connections in rooms of M, each sending ``rate`` messages/s open loop;
   every message reaches the M-1 other members (a *measured delivery*) and its sender;
 - ``idle``: N connections, connected and joined, nothing sent.
+
+``python-raw`` (raw_client.py) is a yardstick, not a load generator: the cheapest Python
+Socket.IO client this machine allows (blocking connects, one epoll loop, no gevent, no
+Locust, no ledger, no histograms beyond a sorted list of latencies), ack mode only. Its CPU
+per ack is the floor against which the other tools' µs per ack are read on this machine.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "locust-socketio": ("ack", "idle"),
     "artillery": ("ack",),
     "node-client": ("ack", "fanout", "idle"),
+    # the yardstick: what this machine allows a Python client at all (raw_client.py)
+    "python-raw": ("ack",),
     # not run by default: the lean transport with a reader greenlet per connection (as
     # before roombench.poller), to measure what the poller changed
     "roombench-lean-greenlet": ("ack", "fanout", "idle"),
@@ -91,6 +98,8 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
         return _locust(job, url, "locust_roombench.py", _roombench_options(job, token)), env
     if job.tool == "locust-socketio":
         return _locust(job, url, "locust_socketio_user.py", []), env
+    if job.tool == "python-raw":
+        return [sys.executable, str(HERE / "raw_client.py"), "--url", url], env
     node = shutil.which("node") or "node"
     if job.tool == "node-client":
         return [node, str(NODE_CLIENT / "client.js"), "--url", url, "--token", token, "--connections",

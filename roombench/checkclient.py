@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import gevent
 import gevent.event
@@ -159,7 +159,7 @@ class Sent(NamedTuple):
     content: str
 
 
-def is_id(value: Any) -> bool:
+def is_id(value: Any) -> TypeGuard[int]:
     """A message id: a positive integer (bool is an int subclass, and no id)."""
     return type(value) is int and value > 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import SPECTRUM, Sweep, load, spectrum, write_report  # noqa: E402
+from .report import SPECTRUM, StepResult, Sweep, load, spectrum, write_report  # noqa: E402
 
 SPECTRUM_METRICS = ("ack", "fanout", "backfill")
 PHASES = ("reconnect", "rejoin", "fetch", "merge")
@@ -57,7 +58,7 @@ def plot_latency_vs_load(sw: Sweep, out: Path) -> Path:
         ys: list[float] = []
         for i, v in enumerate(sw.variants):
             for stat, style in (("p99", "-o"), ("p50", "--")):
-                pts = sw.by_step(v, lambda r, m=metric, s=stat: r.p(m, s))
+                pts = sw.by_step(v, partial(StepResult.p, metric=metric, stat=stat))
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=f"C{i}", label=f"{v} {stat}",
                             alpha=1.0 if stat == "p99" else 0.7)

@@ -118,9 +118,10 @@ def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict
                               profile=variant.get("profile"))
             given = {**spec.get("defaults", {}), **step}
             ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's
-            transport = given.get("transport") or (VARIANTS[variant["name"]].transport
-                                                   if variant["name"] in VARIANTS else "lean")
-            opts.scenario = dataclasses.replace(_scenario(spec, step), token=token, ack=ack, transport=transport)
+            scenario = _scenario(spec, step)  # a given transport is in it, validated
+            transport = scenario.transport if given.get("transport") else (
+                VARIANTS[variant["name"]].transport if variant["name"] in VARIANTS else "lean")
+            opts.scenario = dataclasses.replace(scenario, token=token, ack=ack, transport=transport)
             try:
                 run(opts)
             except RoombenchError as exc:  # one failed step is recorded, the sweep goes on

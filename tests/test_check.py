@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from roombench.check import POINTS, CheckResult, check, format_results
+from roombench.check import POINTS, CheckResult, _Check, check, format_results
+from roombench.checkclient import Failed
 from roombench.protocol import DEFAULT_PROFILE, PROFILES_DIR, Profile, load_profile
 from roombench.servers import free_port
 
@@ -103,6 +105,20 @@ def test_slow_acks_fail_confirm_with_a_hint(server_factory: Any) -> None:
     results = check(server.url, DEFAULT_PROFILE, REF_TOKEN, timeout=0.5)
     assert "no 'send_message' ack within 0.5 s" in failed(results)["confirm"]
     assert 'ack_mode = "echo"' in failed(results)["confirm"]
+
+
+@pytest.mark.parametrize("items", [
+    [{"id": 1}, {"content": "no id"}], [{"id": 1}, {"id": None}], [{"id": "1"}], [{"id": True}],
+    [{"id": 2}, {"id": 2}], [{"id": 3}, {"id": 1}],
+])
+def test_backfill_ids_missing_null_or_out_of_order_fail(items: list[dict[str, Any]]) -> None:
+    # no server needed: in_order only reads the page it is given
+    probe = _Check(f"http://127.0.0.1:{free_port()}", DEFAULT_PROFILE, None, 1.0, "lean")
+    raw = [m.get("id") for m in items]
+    with pytest.raises(Failed, match=re.escape(f"after=0 returned ids {raw}: not positive integers in increasing order")):
+        probe.in_order(items, "after=0")
+    assert probe.in_order([{"id": 1}, {"id": 3}], "after=0") == [1, 3]
+    assert probe.in_order([], "after=0") == []
 
 
 def test_server_without_token_skips_the_auth_points(server_factory: Any) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from roombench.exceptions import ServerError, UsageError
+from roombench.scenario import Transport
 
 __all__ = ["VARIANTS", "Variant", "ServerProcess", "start_server", "start_external", "free_port"]
 
@@ -57,7 +58,7 @@ class Variant:
     processes: int = 1
     redis: bool = False
     #: the generator transport that speaks to it ("ws" for the plain WebSocket variant)
-    transport: str = "lean"
+    transport: Transport = "lean"
 
 
 #: the node variant's package: server.js, package.json and (after `npm ci`) node_modules
@@ -306,7 +307,7 @@ def _spawn(
     ports = [port + i for i in range(spec.processes)] if port else _free_ports(host, spec.processes)
     argvs = [_argv(spec, host, p, token, extra) for p in ports]  # first: may raise, no log yet
     own_log = log_path is None
-    if own_log:
+    if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix=f"roombench-{spec.name}-", suffix=".log")
         os.close(fd)
     started: list[subprocess.Popen] = []

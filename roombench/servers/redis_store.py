@@ -121,7 +121,13 @@ class RedisRoomStore(RoomStore):
         items = await self.redis.zrangebyscore(
             self._keys(channel_id)[1], f"({after}", "+inf", start=0, num=limit
         )
-        return [orjson.loads(item) for item in items]
+        messages = []
+        for item in items:
+            # without withscores (and decode_responses) every member is the JSON bytes the
+            # script stored; redis-py's return type also covers (member, score) pairs
+            assert isinstance(item, bytes), item
+            messages.append(orjson.loads(item))
+        return messages
 
 
 def create_app(token: str | None = None, redis_url: str = DEFAULT_REDIS_URL) -> socketio.ASGIApp:

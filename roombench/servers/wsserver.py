@@ -17,7 +17,7 @@ import asyncio
 import secrets
 import types
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -79,12 +79,17 @@ def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, A
                 return stop.value
 
 
+#: ASGI's ``send`` as uvicorn implements it, an ``async def``: each call is a coroutine,
+#: which :meth:`_Peer.post` steps by hand (a bare Awaitable could not be)
+_CoroSend = Callable[[Message], Coroutine[Any, Any, None]]
+
+
 class _Peer:
     """One client connection: its ASGI ``send``, who it is, its rooms, its send backlog."""
 
     __slots__ = ("send", "sid", "user_id", "rooms", "backlog", "drainer")
 
-    def __init__(self, send: Send, sid: str, user_id: str) -> None:
+    def __init__(self, send: _CoroSend, sid: str, user_id: str) -> None:
         self.send = send
         self.sid = sid
         self.user_id = user_id
@@ -237,7 +242,7 @@ class _App:
         self.rest = rest
         self.token = token
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: _CoroSend) -> None:
         kind = scope["type"]
         if kind == "websocket" and scope["path"].rstrip("/") == WS_PATH:
             await self.session(scope, receive, send)
@@ -246,7 +251,7 @@ class _App:
         else:  # HTTP, and websockets to other paths (refused with HTTP 403)
             await self.rest(scope, receive, send)
 
-    async def session(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def session(self, scope: Scope, receive: Receive, send: _CoroSend) -> None:
         """One connection from handshake to disconnect."""
         if (await receive())["type"] != "websocket.connect":
             return

@@ -27,7 +27,7 @@ import gevent.event  # noqa: E402
 
 from roombench.protocol import DEFAULT_PROFILE  # noqa: E402
 from roombench.servers import ServerProcess, start_server  # noqa: E402
-from roombench.transport import Handlers, Transport, make_transport  # noqa: E402
+from roombench.transport import Callbacks, Transport, make_transport  # noqa: E402
 
 TOKEN = "secret"
 MAX_DURATION = 60.0
@@ -43,7 +43,7 @@ class _Loop:
         self.seq = 0
         self.running = False
         self.room = f"bench-{index}"
-        handlers = Handlers(on_connect=self._noop, on_disconnect=self._count_error,
+        handlers = Callbacks(on_connect=self._noop, on_disconnect=self._count_error,
                             on_event=self._on_event, on_error=self._count_error_kind)
         self.transport: Transport = make_transport(transport_kind, url, DEFAULT_PROFILE, handlers, token=TOKEN)
         self.in_flight = False

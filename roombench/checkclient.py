@@ -15,7 +15,7 @@ import gevent
 import gevent.event
 
 from .protocol import PAYLOAD_FIELDS, Profile
-from .transport import Handlers, ReconnectPolicy, make_transport
+from .transport import Callbacks, ReconnectPolicy, make_transport
 
 __all__ = ["CheckClient", "Failed", "Sent", "Skipped", "is_id", "message_problems"]
 
@@ -48,7 +48,7 @@ class CheckClient:
         self.lost = gevent.event.Event()
         self.back = gevent.event.Event()
         self._news = gevent.event.Event()
-        handlers = Handlers(self._on_connect, lambda _: self.lost.set(), self._on_event, self._on_error)
+        handlers = Callbacks(self._on_connect, lambda _: self.lost.set(), self._on_event, self._on_error)
         self.transport = make_transport(
             transport, url, profile, handlers, token=token, auth_extra={profile.field("user_id"): self.user_id},
             reconnect=ReconnectPolicy(delay=0.5, delay_max=1.0, jitter=0.0), ack_timeout=timeout,

@@ -8,6 +8,7 @@ connect step and the packets. Events and acks on the default namespace take a fa
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +21,7 @@ from .exceptions import ProtocolError
 from .handshake import Endpoint, split_url
 from .protocol import Profile
 from .transport import AckCallback
-from .wsconn import Conn, FramedTransport
+from .wsconn import Conn, FramedTransport, known_events
 
 # AckTable, SWEEPER and Endpoint lived here first; compat imports them from here
 __all__ = ["LeanTransport", "AckTable", "Endpoint", "endpoint", "SWEEPER", "SWEEP_INTERVAL"]
@@ -52,15 +53,7 @@ def endpoint(url: str, profile: Profile, token: str | None, auth_extra: dict[str
     return Endpoint(ws_url, host, port, secure, query, headers, auth)
 
 
-#: id(profile) -> (profile, its wire event names): one set per profile, not one per connection
-_KNOWN: dict[int, tuple[Profile, frozenset[str]]] = {}
-
-
-def _known_events(profile: Profile) -> frozenset[str]:
-    entry = _KNOWN.get(id(profile))
-    if entry is None or entry[0] is not profile:
-        entry = _KNOWN[id(profile)] = (profile, frozenset(profile.events.values()))
-    return entry[1]
+_event_prefix = functools.lru_cache(maxsize=16)(codec.event_prefix)  # one bytes per namespace
 
 
 class LeanTransport(FramedTransport):
@@ -70,11 +63,13 @@ class LeanTransport(FramedTransport):
     CONNECT_STAGE = "the Engine.IO / Socket.IO connect"
     HANDSHAKE_HINT = "if this is a plain WebSocket server, use --transport ws"
 
+    __slots__ = ("_ns", "_p42", "_known", "_fast")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ns = self.profile.namespace
-        self._p42 = codec.event_prefix(self._ns)
-        self._known = _known_events(self.profile)
+        self._p42 = _event_prefix(self._ns)
+        self._known = known_events(self.profile)
         self._fast = self._ns == "/"  # the byte-prefix fast paths assume no namespace
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:

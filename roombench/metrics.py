@@ -136,7 +136,7 @@ class LocustAggregate:
             keys, counts = np.unique(locust_buckets(values), return_counts=True)
         else:  # a custom bucket_response_time: call it once per distinct value
             uniq, counts = np.unique(values, return_counts=True)
-            keys = [bucket_fn(int(v) / 1000) for v in uniq.tolist()]
+            keys = np.array([bucket_fn(int(v) / 1000) for v in uniq.tolist()])
         b = self.buckets
         for k, c in zip(np.asarray(keys).tolist(), counts.tolist()):
             b[k] = b.get(k, 0) + c

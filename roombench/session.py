@@ -21,7 +21,7 @@ import gevent.event
 
 from .exceptions import BackfillError, ConnectFailed
 from .schedule import OpenLoop, RandomEvery
-from .transport import Handlers, ReconnectPolicy, make_transport
+from .transport import ReconnectPolicy, make_transport
 
 if TYPE_CHECKING:
     from .generator import Generator
@@ -32,6 +32,17 @@ now = time.perf_counter
 _ECHOED = -1.0
 #: drop times of every session: a Random of its own would cost each user 2.5 KB of state
 _DROP_RNG = random.Random()
+
+
+# shared by every session of the same scenario: one per user would cost each idle user ~0.2 KB
+@functools.lru_cache(maxsize=8)
+def _content(size: int) -> str:
+    return "x" * size
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(delay: float, delay_max: float) -> ReconnectPolicy:
+    return ReconnectPolicy(delay=delay, delay_max=delay_max)
 
 
 class ChatSession:
@@ -66,18 +77,18 @@ class ChatSession:
         self._callback = sc.ack == "callback"
         self._window = sc.window  # > 0: closed loop, see _fill
         self._k = 0  # messages sent so far: picks the room and the typing / read-receipt turns
-        self.content = "x" * sc.size
+        self.content = _content(sc.size)
         self._ev_send, self._ev_typing, self._ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
         self._ev_new, self._ev_user_typing, self._ev_read_by = (
             p.event("new_message"), p.event("user_typing"), p.event("message_read"))
         self._f_ch, self._f_content, self._f_temp = p.field("channel_id"), p.field("content"), p.field("temp_id")
         self._f_id, self._f_sender, self._f_channel = p.field("id"), p.field("sender_id"), p.field("channel")
         self._f_user, self._f_msg = p.field("user_id"), p.field("message_id")
-        policy = ReconnectPolicy(delay=sc.reconnect_delay, delay_max=sc.reconnect_delay_max)
-        handlers = Handlers(self._on_connect, self._on_disconnect, self._on_event, gen.error)
+        # the session is its own transport.Handlers (on_connect, on_disconnect, on_event, on_error)
         self.transport = make_transport(
-            sc.transport, gen.hosts[user_no % len(gen.hosts)], p, handlers, token=sc.token or None,
-            auth_extra={p.field("user_id"): self.user_id}, reconnect=policy, ack_timeout=sc.ack_timeout)
+            sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,
+            auth_extra={p.field("user_id"): self.user_id},
+            reconnect=_policy(sc.reconnect_delay, sc.reconnect_delay_max), ack_timeout=sc.ack_timeout)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -234,7 +245,10 @@ class ChatSession:
 
     # -- receiving (inline on the receive path) --------------------------------------
 
-    def _on_event(self, event: str, data: Any) -> None:
+    def on_error(self, kind: str, detail: str) -> None:
+        self.gen.error(kind, detail)
+
+    def on_event(self, event: str, data: Any) -> None:
         if event == self._ev_new:
             self._on_new_message(data)
         elif event == self._ev_user_typing:
@@ -295,7 +309,7 @@ class ChatSession:
 
     # -- connection lifecycle (inline) ------------------------------------------------
 
-    def _on_connect(self, is_reconnect: bool) -> None:
+    def on_connect(self, is_reconnect: bool) -> None:
         t = now()
         if is_reconnect:
             self.t_connected = t
@@ -308,7 +322,7 @@ class ChatSession:
         epoch = self.epoch
         for room in self.rooms:
             if self.gen.profile.join_ack:
-                self.transport.emit(join, {f_room: room}, lambda p, e, r=room: self._on_join_ack(r, p, e, epoch))
+                self.transport.emit(join, {f_room: room}, functools.partial(self._on_join_ack, room, epoch=epoch))
             else:
                 self.transport.emit(join, {f_room: room})
                 self._on_join_ack(room, None, None, epoch)
@@ -333,7 +347,7 @@ class ChatSession:
             self.gen.metrics.record("rejoin", now() - self.t_connected)
             gevent.spawn(self._backfill, epoch)
 
-    def _on_disconnect(self, reason: str) -> None:
+    def on_disconnect(self, reason: str) -> None:
         if self.t_drop is None:  # not forced by us: the server or the network did it
             self.t_drop = now()
             self.gen.error("disconnected", reason)

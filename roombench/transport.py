@@ -16,7 +16,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .protocol import Profile
 
@@ -25,17 +25,34 @@ from .protocol import Profile
 AckCallback = Callable[[Any, str | None], None]
 
 
-@dataclass
-class Handlers:
-    """Callbacks a transport invokes inline. All must be cheap and must not block."""
+class Handlers(Protocol):
+    """What a transport calls inline. All must be cheap and must not block.
 
-    #: after every successful Socket.IO connect; True when it is a reconnect
+    A Protocol, so a session can be its own handlers (four bound methods and a holder
+    object per connection would cost every idle user ~0.4 KB); :class:`Callbacks` makes
+    one out of four functions.
+    """
+
+    def on_connect(self, is_reconnect: bool) -> None:
+        """After every successful connect; True when it is a reconnect."""
+
+    def on_disconnect(self, reason: str) -> None:
+        """Once per lost connection (not after close()), with a short reason."""
+
+    def on_event(self, event: str, data: Any) -> None:
+        """Every server event: (wire event name, first argument)."""
+
+    def on_error(self, kind: str, detail: str) -> None:
+        """A counted error; kinds: connect_error, protocol_error, ..."""
+
+
+@dataclass(slots=True)
+class Callbacks:
+    """:class:`Handlers` made of four functions."""
+
     on_connect: Callable[[bool], None]
-    #: once per lost connection (not after close()); argument: a short reason
     on_disconnect: Callable[[str], None]
-    #: every server event: (wire event name, first argument)
     on_event: Callable[[str, Any], None]
-    #: a counted error: (kind, detail); kinds: connect_error, protocol_error, ...
     on_error: Callable[[str, str], None]
 
 
@@ -58,6 +75,10 @@ class ReconnectPolicy:
 
 class Transport(ABC):
     """One connection to ``url`` speaking the contract as ``profile`` spells it."""
+
+    # slots down the hierarchy: an instance dict costs every idle user ~0.2 KB
+    __slots__ = ("url", "profile", "handlers", "token", "auth_extra", "reconnect", "ack_timeout",
+                 "connect_timeout")
 
     def __init__(
         self,

@@ -16,7 +16,6 @@ every connection while it connects and when ``ROOMBENCH_READER=greenlet`` is set
 
 from __future__ import annotations
 
-import functools
 import os
 import socket as _socket
 import struct
@@ -34,6 +33,7 @@ from .acks import SWEEPER, AckTable
 from .exceptions import ConnectFailed, ProtocolError
 from .handshake import Endpoint, connect_websocket
 from .poller import POLLER
+from .protocol import Profile
 from .transport import Transport
 
 __all__ = ["FramedTransport", "Conn", "Refused"]
@@ -52,22 +52,34 @@ _now = time.monotonic
 _USE_POLLER = poller.available() and os.environ.get("ROOMBENCH_READER", "poller") != "greenlet"
 
 
-def _raw(sock: Any) -> tuple[Any, Any, Any, Any]:
-    """(raw recv_into, raw send, wait, read watcher) of a plain gevent socket, else four Nones.
+def _raw(sock: Any) -> Any:
+    """The standard-library socket inside a plain gevent socket, else None.
 
     gevent's recv_into tries the syscall first and waits on EAGAIN: after a batch is
     handled the buffer is nearly always drained, so that costs a failed syscall and a
     raised exception per wake-up. Waiting first skips both (measured: ~10 us per ack on
     the 2-core test VM), and the raw calls skip gevent's wrappers. These are gevent
     internals, so anything unexpected (an SSL socket, another gevent) falls back to the
-    public methods.
+    public methods. (The raw socket, not its bound methods: two of those cost every idle
+    connection 0.13 KB; looking them up per call costs ~40 ns.)
     """
     raw = getattr(sock, "_sock", None)
-    wait = getattr(sock, "_wait", None)
-    readable = getattr(sock, "_read_event", None)
-    if type(sock) is not gsocket.socket or raw is None or wait is None or readable is None:
-        return None, None, None, None
-    return raw.recv_into, raw.send, wait, readable
+    if type(sock) is not gsocket.socket or raw is None or not hasattr(sock, "_wait") or not hasattr(
+            sock, "_read_event"):
+        return None
+    return raw
+
+
+#: id(profile) -> (profile, its wire event names): one set per profile, not one per connection
+_KNOWN: dict[int, tuple[Profile, frozenset[str]]] = {}
+
+
+def known_events(profile: Profile) -> frozenset[str]:
+    """The wire names of ``profile``'s events (what a server may send us), shared."""
+    entry = _KNOWN.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        entry = _KNOWN[id(profile)] = (profile, frozenset(profile.events.values()))
+    return entry[1]
 
 
 class Refused(ConnectFailed):
@@ -81,17 +93,18 @@ class Refused(ConnectFailed):
 class Conn:
     """One WebSocket connection's state; a reconnect makes a new one."""
 
-    __slots__ = ("sock", "fd", "recv_into", "raw_send", "wait", "readable", "own_buf", "writer", "parser",
+    __slots__ = ("sock", "fd", "raw", "owner", "own_buf", "writer", "parser",
                  "pending", "busy", "waiting", "idle", "wlock", "sid", "ping_deadline", "ping_window",
                  "abort_reason", "refused", "watched", "lost", "ended")
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, owner: FramedTransport) -> None:
         self.sock = sock
         self.fd: int = sock.fileno()
-        self.recv_into, self.raw_send, self.wait, self.readable = _raw(sock)
+        self.raw = _raw(sock)
+        self.owner = owner
         # a TLS socket's recv_into waits with the buffer in hand: it cannot share one
-        self.own_buf = bytearray(_BUF_SIZE) if self.recv_into is None else None
-        self.writer = codec.FrameWriter()
+        self.own_buf = bytearray(_BUF_SIZE) if self.raw is None else None
+        self.writer = codec.shared_writer()
         self.parser = codec.FrameParser()
         #: the incomplete frame the last read ended with (copied out of the shared buffer)
         self.pending = b""
@@ -111,6 +124,10 @@ class Conn:
         self.watched = False
         self.lost = False
         self.ended: Event | None = None
+
+    def on_readable(self) -> None:
+        """The poller's callback (a bound method of this: no partial per connection)."""
+        self.owner._on_readable(self)
 
     def unwatch(self) -> None:
         """Leave the poller, before the socket closes: its descriptor number may be reused at once."""
@@ -146,6 +163,8 @@ class FramedTransport(Transport):
     HANDSHAKE_HINT = ""
     #: True when WebSocket ping frames are the heartbeat (they push the ping deadline on)
     WS_HEARTBEAT = False
+
+    __slots__ = ("_acks", "_endpoint", "_conn", "_live", "_runner", "_closing", "_ever_connected")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -252,7 +271,7 @@ class FramedTransport(Transport):
                 try:
                     sock, early = connect_websocket(ep, timeout, self.HANDSHAKE_HINT)
                     stage = self.CONNECT_STAGE
-                    conn = self._conn = Conn(sock)
+                    conn = self._conn = Conn(sock, self)
                     conn.pending = early  # the server's first frames may come with its answer
                     reason = self._read(conn, until_connected=True)
                 except gevent.Timeout as exc:
@@ -271,9 +290,9 @@ class FramedTransport(Transport):
 
     def _start_reading(self, conn: Conn) -> None:
         """Hand an established connection to the poller (or, for TLS, a greenlet of its own)."""
-        if _USE_POLLER and conn.recv_into is not None:
+        if _USE_POLLER and conn.raw is not None:
             conn.watched = True
-            POLLER.add(conn.fd, functools.partial(self._on_readable, conn))
+            POLLER.add(conn.fd, conn.on_readable)
         else:
             self._runner = gevent.spawn(self._read_until_lost, conn)
 
@@ -351,7 +370,7 @@ class FramedTransport(Transport):
     def _read(self, conn: Conn, until_connected: bool = False) -> str | None:
         """Wait, read and dispatch in this greenlet until the connection is lost (returns
         why); with ``until_connected`` also return None as soon as the session is up."""
-        wait, readable = conn.wait, conn.readable
+        wait, readable = (conn.sock._wait, conn.sock._read_event) if conn.raw is not None else (None, None)
         if conn.pending:  # frames that came with the handshake's answer
             reason = self._consume(conn, read=False)
             if reason is not None or (until_connected and conn.sid is not None):
@@ -385,8 +404,8 @@ class FramedTransport(Transport):
         n = 0
         if read:
             try:
-                recv_into = conn.recv_into
-                n = recv_into(view[p:]) if recv_into is not None else conn.sock.recv_into(view[p:])
+                raw = conn.raw
+                n = raw.recv_into(view[p:]) if raw is not None else conn.sock.recv_into(view[p:])
             except BlockingIOError:  # nothing there after all (a spurious wake-up)
                 return None
             except OSError as exc:
@@ -440,10 +459,10 @@ class FramedTransport(Transport):
             return self._send_queued(conn, frame)
         conn.busy = True
         try:
-            raw_send = conn.raw_send
-            if raw_send is not None:  # the syscall itself; gevent waits only when it must
+            raw = conn.raw
+            if raw is not None:  # the syscall itself; gevent waits only when it must
                 try:
-                    sent = raw_send(frame)
+                    sent = raw.send(frame)
                 except BlockingIOError:
                     sent = 0
             else:  # send, not sendall: gevent's sendall makes a getsockopt syscall per call

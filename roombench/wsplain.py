@@ -21,7 +21,7 @@ from . import codec
 from .handshake import Endpoint, split_url
 from .protocol import Profile
 from .transport import AckCallback
-from .wsconn import Conn, FramedTransport
+from .wsconn import Conn, FramedTransport, known_events
 
 __all__ = ["PlainWsTransport", "plain_endpoint", "WS_PATH", "CONNECTED", "CONNECT_ERROR"]
 
@@ -67,9 +67,11 @@ class PlainWsTransport(FramedTransport):
     HANDSHAKE_HINT = "if this is a Socket.IO server, use --transport lean or compat"
     WS_HEARTBEAT = True
 
+    __slots__ = ("_known",)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._known = frozenset(self.profile.events.values())
+        self._known = known_events(self.profile)
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""

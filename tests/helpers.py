@@ -21,7 +21,7 @@ from greenlet import greenlet
 
 from roombench import codec
 from roombench.protocol import DEFAULT_PROFILE, Profile
-from roombench.transport import Handlers, ReconnectPolicy, Transport
+from roombench.transport import Callbacks, ReconnectPolicy, Transport
 
 REF_TOKEN = "secret"  # the token of conftest.ref_server, and of the servers the tests start
 SERVER_EVENTS = ("new_message", "user_typing", "message_read")
@@ -112,7 +112,7 @@ class Recorder:
         self.disconnects: list[str] = []
         self.events: list[tuple[str, Any]] = []
         self.errors: list[tuple[str, str]] = []
-        self.handlers = Handlers(on_connect=self.connects.append, on_disconnect=self.disconnects.append,
+        self.handlers = Callbacks(on_connect=self.connects.append, on_disconnect=self.disconnects.append,
                                  on_event=lambda e, d: self.events.append((e, d)),
                                  on_error=lambda k, d: self.errors.append((k, d)))
 

@@ -109,6 +109,18 @@ def targets(rows: list[dict[str, Any]], fd_cap: int) -> dict[str, Any]:
         if sio and sio["us_cpu_per_ack"] and cpu:
             r = round(sio["us_cpu_per_ack"] / cpu, 1)
             verdict("goal.x_socketio_user", r, r >= 10, ">= 10x Locust's SocketIOUser (CPU per ack)")
+        # the absolute figures were set on a faster machine; what they stand for, measured here
+        for tool, name, want in (("artillery", "floor.vs_artillery", "<= Artillery's CPU per ack, this run"),
+                                 ("node-client", "goal.vs_node_client", "< Node socket.io-client's CPU per ack, this run")):
+            other = _find(rows, "ack", tool, connections=50, processes=1)
+            if other and other["us_cpu_per_ack"] and cpu:
+                r = round(other["us_cpu_per_ack"] / cpu, 2)
+                verdict(name, r, r >= 1 if tool == "artillery" else r > 1, f"{want} (their µs / ours)")
+        raw = _find(rows, "ack", YARDSTICK, connections=50, processes=1)
+        if raw and raw["us_cpu_per_ack"]:
+            v = raw["us_cpu_per_ack"]
+            verdict("machine.raw_python_us_per_ack", v, v <= 33,
+                    "<= 33 µs for the bare yardstick: can any Python client meet the floor on this machine?")
     for row in rows:
         if row["suite"] == "fanout" and row["tool"] == "roombench-lean":
             m = row["room_size"]
@@ -117,6 +129,12 @@ def targets(rows: list[dict[str, Any]], fd_cap: int) -> dict[str, Any]:
             verdict(f"{tag}.us_cpu_per_delivery", cpu, cpu is not None and cpu <= 10, "<= 10 µs")
             verdict(f"{tag}.deliveries_per_s", rate, bool(rate and rate >= 80_000 and p99 is not None and p99 < 5),
                     f">= 80,000/s with p99 < 5 ms (p99 {p99} ms, server CPU {row['server_cpu_pct']} %)")
+            node = next((r for r in rows if r["suite"] == "fanout" and r["tool"] == "node-client"
+                         and r["room_size"] == m and r["rate"] == row["rate"]), None)
+            if node and node["us_cpu_per_delivery"] and cpu:
+                r = round(node["us_cpu_per_delivery"] / cpu, 2)
+                verdict(f"{tag}.vs_node_client", r, r > 1,
+                        "< Node socket.io-client's CPU per delivery, this run (their µs / ours)")
         if row["suite"] == "idle" and row["tool"] == "roombench-lean":
             held, kb, cps = row["connected"], row["rss_per_conn_kb"], row["connects_per_s"]
             want_held = min(20_000, fd_cap)

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(sets each user's rate): one the server keeps up with, and the issue's 80k+")
     p.add_argument("--idle-connections", type=int, help="idle suite connections (default 20000, capped by the fd limit)")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--rereport", type=Path, metavar="JSON",
+                   help="measure nothing: re-derive medians, ratios, targets and the .md of an earlier "
+                   "results JSON (after a change to report.py)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy profile of every Python generator's window (pip install py-spy), "
                    "raw stacks in results/<timestamp>-profiles/, top functions in the JSON")
@@ -147,9 +150,28 @@ def finish(doc: dict[str, Any], fd_cap: int) -> None:
             "generator process only adds what the server and the core it shares leave over.")
 
 
+def rereport(path: Path) -> int:
+    """Rewrite ``path`` (and its .md) from its raw runs with the current report code."""
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("schema") != SCHEMA:
+            raise ValueError(f"schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+        finish(doc, int(doc["fd_limit"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"run.py: error: cannot re-report {path}: {exc}", file=sys.stderr)
+        return 2
+    _write(doc, path.parent, path.stem)
+    text = report.markdown(doc)
+    path.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the plan, writing the JSON after every measurement; print the markdown."""
     a = parse_args(argv)
+    if a.rereport is not None:
+        return rereport(a.rereport)
     fd_cap = _raise_fd_limit()
     ensure_installed(a.tools)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -25,6 +26,10 @@ class BackfillClient:
         self.profile = profile
         self.timeout = timeout
         self.http = requests.Session()
+        # one trust store for the WebSocket and REST: the handshake's ssl context reads
+        # SSL_CERT_FILE; requests would read REQUESTS_CA_BUNDLE and let it override a
+        # session's setting, so it is passed with every request
+        self.verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -33,7 +38,7 @@ class BackfillClient:
         limit = limit or self.profile.backfill_limit
         url = self.base + self.profile.backfill_url.format(channel_id=quote(channel, safe=""), after=after, limit=limit)
         try:
-            resp = self.http.get(url, timeout=self.timeout)
+            resp = self.http.get(url, timeout=self.timeout, verify=self.verify)
         except requests.RequestException as exc:
             raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
         if resp.status_code != 200:

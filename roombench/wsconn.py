@@ -408,7 +408,7 @@ class FramedTransport(Transport):
                 n = raw.recv_into(view[p:]) if raw is not None else conn.sock.recv_into(view[p:])
             except BlockingIOError:  # nothing there after all (a spurious wake-up)
                 return None
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a TLS socket closed under its reader
                 return conn.abort_reason or f"socket error: {exc}"
             if not n:
                 return conn.abort_reason or "connection closed by the server (EOF)"

@@ -85,6 +85,8 @@ class Profile:
 
     name: str = "default"
     path: str = "/socket.io/"
+    #: the plain WebSocket endpoint's path (``--transport ws``)
+    ws_path: str = "/ws"
     namespace: str = "/"
     ack_mode: AckMode = "callback"
     join_ack: bool = True
@@ -115,13 +117,14 @@ class Profile:
     def speaks_like(self, other: Profile) -> bool:
         """True when a server of ``other`` understands a client of this profile (same
         names, path, namespace, token placement and backfill; ack mode, limit, name aside)."""
-        keys = ("path", "namespace", "join_ack", "events", "fields", "backfill_url", "backfill_key", "token_in")
+        keys = ("path", "ws_path", "namespace", "join_ack", "events", "fields", "backfill_url", "backfill_key", "token_in")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict in the layout of a profile file, plus ``source``; for summary metadata."""
         return {
-            "name": self.name, "source": self.source, "path": self.path, "namespace": self.namespace,
+            "name": self.name, "source": self.source, "path": self.path, "ws_path": self.ws_path,
+            "namespace": self.namespace,
             "ack_mode": self.ack_mode, "join_ack": self.join_ack, "token_in": self.token_in,
             "events": dict(self.events), "fields": dict(self.fields),
             "backfill": {"url": self.backfill_url, "key": self.backfill_key or "", "limit": self.backfill_limit},
@@ -135,7 +138,7 @@ DEFAULT_PROFILE = Profile()
 
 #: top-level keys of a profile file and their TOML types
 _TOP: dict[str, type] = {
-    "name": str, "path": str, "namespace": str, "ack_mode": str, "join_ack": bool, "token_in": str,
+    "name": str, "path": str, "ws_path": str, "namespace": str, "ack_mode": str, "join_ack": bool, "token_in": str,
     "events": dict, "fields": dict, "backfill": dict,
 }
 _BACKFILL: dict[str, type] = {"url": str, "key": str, "limit": int}
@@ -198,6 +201,7 @@ class _Reader:
         profile = Profile(
             name=self.non_empty(raw.get("name", self.path.stem), "name"),
             path=self.sio_path(raw.get("path", d.path)),
+            ws_path=self.ws_path(raw.get("ws_path", d.ws_path)),
             namespace=self.namespace(raw.get("namespace", d.namespace)),
             ack_mode=raw.get("ack_mode", d.ack_mode),
             join_ack=raw.get("join_ack", d.join_ack),
@@ -233,6 +237,11 @@ class _Reader:
         if not inner or any(c in value for c in "?# "):
             raise self.fail(f"path must be the Socket.IO path, like \"/socket.io/\"; got {value!r}")
         return "/" + inner + "/"
+
+    def ws_path(self, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "?# "):
+            raise self.fail(f"ws_path must be the plain WebSocket endpoint's path, like \"/ws\"; got {value!r}")
+        return value
 
     def namespace(self, value: str) -> str:
         if not value.startswith("/") or any(c in value for c in ",?# "):

@@ -19,14 +19,14 @@ import orjson
 
 from . import codec
 from .handshake import Endpoint, split_url
-from .protocol import Profile
+from .protocol import DEFAULT_PROFILE, Profile
 from .transport import AckCallback
 from .wsconn import Conn, FramedTransport, known_events
 
 __all__ = ["PlainWsTransport", "plain_endpoint", "WS_PATH", "CONNECTED", "CONNECT_ERROR"]
 
 #: the path of the WebSocket endpoint on the server
-WS_PATH = "/ws"
+WS_PATH = DEFAULT_PROFILE.ws_path  # the default; a profile's ws_path overrides it
 #: the envelope's own events (not the contract's: a profile does not rename them)
 CONNECTED = "connected"
 CONNECT_ERROR = "connect_error"
@@ -36,9 +36,9 @@ _loads = orjson.loads
 _dumps = orjson.dumps
 
 
-def plain_endpoint(url: str, profile: Profile, token: str | None, auth_extra: dict[str, Any],
-                   path: str = WS_PATH) -> Endpoint:
-    """The plain endpoint of ``url`` (its path is ignored): ``ws://host:port/ws?token=…&user_id=…``.
+def plain_endpoint(url: str, profile: Profile, token: str | None, auth_extra: dict[str, Any]) -> Endpoint:
+    """The plain endpoint of ``url`` (its path is ignored; the profile's ``ws_path``, /ws by
+    default, is used): ``ws://host:port/ws?token=…&user_id=…``.
 
     The token goes in the query under the profile's name for it, or in an
     ``Authorization: Bearer`` header when the profile says ``token_in = "header"``;
@@ -55,7 +55,7 @@ def plain_endpoint(url: str, profile: Profile, token: str | None, auth_extra: di
     if params:
         query += ("&" if query else "") + urlencode(params)
     netloc = f"[{host}]" if ":" in host else host
-    ws_url = f"{'wss' if secure else 'ws'}://{netloc}:{port}/{path.strip('/')}" + (f"?{query}" if query else "")
+    ws_url = f"{'wss' if secure else 'ws'}://{netloc}:{port}/{profile.ws_path.lstrip('/')}" + (f"?{query}" if query else "")
     return Endpoint(ws_url, host, port, secure, query, headers, None)
 
 

@@ -38,7 +38,7 @@ def test_default_toml_is_the_contract() -> None:
     assert replace(profile, source="") == DEFAULT_PROFILE
     # every key is written out, so the file documents the whole format
     text = (PROFILES_DIR / "default.toml").read_text()
-    for key in [*DEFAULT_EVENTS, *DEFAULT_FIELDS, "url", "key", "limit", "ack_mode", "join_ack", "token_in"]:
+    for key in [*DEFAULT_EVENTS, *DEFAULT_FIELDS, "url", "key", "limit", "ack_mode", "join_ack", "token_in", "path", "ws_path", "namespace"]:
         assert f"\n{key} = " in text, key
 
 
@@ -95,6 +95,7 @@ def test_to_dict_mirrors_the_file_layout() -> None:
     ("[backfill]\npage = 3\n", ["unknown key in [backfill] 'page'", "allowed: url, key, limit"]),
     ('path = "/"\n', ["path must be the Socket.IO path"]),
     ('namespace = "chat"\n', ["namespace must start with \"/\""]),
+    ('ws_path = "ws"\n', ["ws_path must be the plain WebSocket endpoint's path", "'ws'"]),
     ('name = " "\n', ["name must not be empty"]),
     ("name = \n", ["not valid TOML"]),
 ])

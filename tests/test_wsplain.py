@@ -62,6 +62,17 @@ def test_endpoint_puts_token_and_user_id_in_the_query() -> None:
     assert header.ws_url == f"wss://[::1]:9{WS_PATH}" and header.headers == {"Authorization": "Bearer tk"}
 
 
+def test_profile_ws_path_is_the_path_on_the_wire(ws_server: ServerProcess, make: Any) -> None:
+    chat = replace(DEFAULT_PROFILE, ws_path="/rt/chat")
+    assert plain_endpoint("http://h:1", chat, None, {}).ws_url == "ws://h:1/rt/chat"
+    transport, _ = make(ws_server.url, profile=chat)  # the ws server listens on /ws only
+    with pytest.raises(ConnectFailed, match=r"handshake with ws://127\.0\.0\.1:\d+/rt/chat\?.* refused: HTTP 40\d"):
+        transport.connect()
+    explicit, rec = make(ws_server.url, profile=replace(DEFAULT_PROFILE, ws_path="/ws"))
+    explicit.connect()
+    assert rec.connects == [False]
+
+
 def test_connect_with_good_token(ws_server: ServerProcess, make: Any) -> None:
     transport, rec = make(ws_server.url)
     assert transport.emit(EV("join"), {"room": "x"}) is False  # not connected: nothing sent

@@ -40,7 +40,8 @@ class Handlers(Protocol):
         """Once per lost connection (not after close()), with a short reason."""
 
     def on_event(self, event: str, data: Any) -> None:
-        """Every server event: (wire event name, first argument)."""
+        """Every server event: (wire event name, first argument). ``data`` may be shared
+        with other connections' handlers (lean parses a fan-out's bytes once): read it, never modify it."""
 
     def on_error(self, kind: str, detail: str) -> None:
         """A counted error; kinds: connect_error, protocol_error, ..."""

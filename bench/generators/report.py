@@ -217,7 +217,8 @@ def markdown(doc: dict[str, Any]) -> str:
             mark = {True: "PASS", False: "FAIL", None: "–"}[t["pass"]]
             lines.append(f"| {name} | {_f(t['value'], 2)} | {t['want']} | {mark} |")
         lines.append("")
-    profiled = [r for r in doc["runs"] if r.get("profile") and r["tool"] == "roombench-lean" and r["suite"] == "ack"]
+    profiled = [r for r in doc["runs"] if r.get("profile") and r["tool"] == "roombench-lean"
+                and r["suite"] in ("ack", "profile")]
     if profiled:
         r = max(profiled, key=lambda r: r["connections"] == 50)
         lines += [f"Profile of roombench-lean at {r['connections']} connections (py-spy, % of samples; C time "

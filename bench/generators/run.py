@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
 from measure import measure  # noqa: E402
-from tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, TOOLS, Job, ensure_installed  # noqa: E402
+from tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, PYTHON_TOOLS, TOOLS, Job, ensure_installed  # noqa: E402
 
 from roombench.machine import machine_info  # noqa: E402
 
@@ -75,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measure nothing: re-derive medians, ratios, targets and the .md of an earlier "
                    "results JSON (after a change to report.py)")
     p.add_argument("--profile", action="store_true",
-                   help="py-spy profile of every Python generator's window (pip install py-spy), "
-                   "raw stacks in results/<timestamp>-profiles/, top functions in the JSON")
+                   help="py-spy profiles (pip install py-spy): one extra round of each Python generator "
+                   "at 50 connections, apart from the measured ones (py-spy's CPU would slow the shared "
+                   "server); raw stacks in results/<timestamp>-profiles/, top functions in the JSON")
     a = p.parse_args(argv)
     quick = a.quick
     a.rounds = max(1, min(a.rounds or (1 if quick else 3), 10))
@@ -114,6 +115,11 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
             procs = (1, 2) if rnd % 2 == 0 else (2, 1)
             out += [("processes", rnd, Job("roombench-lean", "ack", PROCESSES_CONNECTIONS, processes=p))
                     for p in procs]
+    if a.profile and "ack" in a.suites:
+        # profiled apart from the measured rounds: py-spy's own CPU (5-30 % of a core here)
+        # would slow the server they share 2 cores with, and only the Python tools' rounds
+        n = 50 if 50 in a.connections else a.connections[0]
+        out += [("profile", 0, Job(t, "ack", n)) for t in a.tools if t in PYTHON_TOOLS]
     return out
 
 
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (suite, rnd, job) in enumerate(jobs, 1):
         spy = profiles / f"{suite}-{job.tool}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
         result = measure(job, a.warmup, a.duration if suite != "idle" else min(a.duration, 3.0),
-                         spy if a.profile and suite != "idle" else None)
+                         spy if suite == "profile" else None)
         result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,
                       room_size=job.room_size, processes=job.processes,
                       rate=job.rate if job.mode == "fanout" else None)

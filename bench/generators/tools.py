@@ -47,6 +47,8 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "roombench-lean-greenlet": ("ack", "fanout", "idle"),
 }
 DEFAULT_TOOLS = [t for t in TOOLS if t != "roombench-lean-greenlet"]
+#: the generators py-spy can profile (run.py --profile); python-raw is a yardstick
+PYTHON_TOOLS = ("roombench-lean", "roombench-compat", "locust-socketio", "roombench-lean-greenlet")
 SIZE = 64  # bytes of message content, as roombench's default
 
 

@@ -41,7 +41,7 @@ class CompatTransport(Transport):
         super().__init__(*args, **kwargs)
         self._acks = AckTable(self.ack_timeout, self._report)
         self._ns = self.profile.namespace
-        self._known = frozenset(self.profile.events.values())
+        self._known = self.profile.wire_events
         self._sio: socketio.Client | None = None
         self._connect_args: dict[str, Any] = {}
         self._connected = False

@@ -112,7 +112,10 @@ def _secure(sock: Any, ep: Endpoint) -> Any:
     return ssl.create_default_context().wrap_socket(sock, server_hostname=ep.host)
 
 
-_poll = get_original("select", "poll") if hasattr(_socket, "AF_UNIX") else None
+try:
+    _poll: Any = get_original("select", "poll")  # the standard library's, not gevent's patched module
+except AttributeError:  # a platform without poll(): always gevent's wait
+    _poll = None
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 

@@ -21,7 +21,7 @@ from .exceptions import ProtocolError
 from .handshake import Endpoint, split_url
 from .protocol import Profile
 from .transport import AckCallback
-from .wsconn import Conn, FramedTransport, known_events
+from .wsconn import Conn, FramedTransport
 
 # AckTable, SWEEPER and Endpoint lived here first; compat imports them from here
 __all__ = ["LeanTransport", "AckTable", "Endpoint", "endpoint", "SWEEPER", "SWEEP_INTERVAL"]
@@ -75,7 +75,7 @@ class LeanTransport(FramedTransport):
         super().__init__(*args, **kwargs)
         self._ns = self.profile.namespace
         self._p42 = _event_prefix(self._ns)
-        self._known = known_events(self.profile)
+        self._known = self.profile.wire_events
         self._fast = self._ns == "/"  # the byte-prefix fast paths assume no namespace
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:

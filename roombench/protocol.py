@@ -6,6 +6,8 @@ is the contract itself; a foreign server with other names gets a profile of its 
 
 from __future__ import annotations
 
+import functools
+
 import string
 import tomllib
 from dataclasses import dataclass
@@ -98,6 +100,11 @@ class Profile:
     token_in: TokenIn = "auth"
     #: the file this profile was loaded from ("" for the built-in default)
     source: str = ""
+
+    @functools.cached_property
+    def wire_events(self) -> frozenset[str]:
+        """Every event's wire name: what a server may send (computed once per profile)."""
+        return frozenset(self.events.values())
 
     def event(self, canonical: str) -> str:
         """The wire name of a contract event."""

@@ -20,7 +20,6 @@ import gevent
 import gevent.event
 
 from .exceptions import BackfillError, ConnectFailed
-from .protocol import Profile
 from .schedule import OpenLoop, RandomEvery
 from .transport import ReconnectPolicy, make_transport
 
@@ -39,21 +38,6 @@ _DROP_RNG = random.Random()
 @functools.lru_cache(maxsize=8)
 def _content(size: int) -> str:
     return "x" * size
-
-
-#: id(profile) -> (profile, the wire names a session uses): looked up once, not per session
-_NAMES: dict[int, tuple[Profile, tuple[str, ...]]] = {}
-
-
-def _wire_names(p: Profile) -> tuple[str, ...]:
-    entry = _NAMES.get(id(p))
-    if entry is None or entry[0] is not p:
-        names = tuple(p.event(e) for e in ("send_message", "typing", "mark_read", "new_message", "user_typing",
-                                            "message_read"))
-        names += tuple(p.field(f) for f in ("channel_id", "content", "temp_id", "id", "sender_id", "channel",
-                                             "user_id", "message_id"))
-        entry = _NAMES[id(p)] = (p, names)
-    return entry[1]
 
 
 @functools.lru_cache(maxsize=8)
@@ -94,9 +78,12 @@ class ChatSession:
         self._window = sc.window  # > 0: closed loop, see _fill
         self._k = 0  # messages sent so far: picks the room and the typing / read-receipt turns
         self.content = _content(sc.size)
-        (self._ev_send, self._ev_typing, self._ev_read, self._ev_new, self._ev_user_typing, self._ev_read_by,
-         self._f_ch, self._f_content, self._f_temp, self._f_id, self._f_sender, self._f_channel, self._f_user,
-         self._f_msg) = _wire_names(p)
+        self._ev_send, self._ev_typing, self._ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
+        self._ev_new, self._ev_user_typing, self._ev_read_by = (
+            p.event("new_message"), p.event("user_typing"), p.event("message_read"))
+        self._f_ch, self._f_content, self._f_temp = p.field("channel_id"), p.field("content"), p.field("temp_id")
+        self._f_id, self._f_sender, self._f_channel = p.field("id"), p.field("sender_id"), p.field("channel")
+        self._f_user, self._f_msg = p.field("user_id"), p.field("message_id")
         # the session is its own transport.Handlers (on_connect, on_disconnect, on_event, on_error)
         self.transport = make_transport(
             sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,

@@ -33,7 +33,6 @@ from .acks import SWEEPER, AckTable
 from .exceptions import ConnectFailed, ProtocolError
 from .handshake import Endpoint, connect_websocket
 from .poller import POLLER
-from .protocol import Profile
 from .transport import Transport
 
 __all__ = ["FramedTransport", "Conn", "Refused"]
@@ -68,18 +67,6 @@ def _raw(sock: Any) -> Any:
             sock, "_read_event"):
         return None
     return raw
-
-
-#: id(profile) -> (profile, its wire event names): one set per profile, not one per connection
-_KNOWN: dict[int, tuple[Profile, frozenset[str]]] = {}
-
-
-def known_events(profile: Profile) -> frozenset[str]:
-    """The wire names of ``profile``'s events (what a server may send us), shared."""
-    entry = _KNOWN.get(id(profile))
-    if entry is None or entry[0] is not profile:
-        entry = _KNOWN[id(profile)] = (profile, frozenset(profile.events.values()))
-    return entry[1]
 
 
 class Refused(ConnectFailed):

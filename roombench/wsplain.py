@@ -21,7 +21,7 @@ from . import codec
 from .handshake import Endpoint, split_url
 from .protocol import DEFAULT_PROFILE, Profile
 from .transport import AckCallback
-from .wsconn import Conn, FramedTransport, known_events
+from .wsconn import Conn, FramedTransport
 
 __all__ = ["PlainWsTransport", "plain_endpoint", "WS_PATH", "CONNECTED", "CONNECT_ERROR"]
 
@@ -71,7 +71,7 @@ class PlainWsTransport(FramedTransport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._known = known_events(self.profile)
+        self._known = self.profile.wire_events
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""

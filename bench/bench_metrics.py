@@ -11,8 +11,8 @@ import argparse
 import time
 from collections.abc import Callable
 
-from roombench.ledger import Ledger
-from roombench.metrics import Metrics, new_histogram
+from roombench.chat.ledger import Ledger
+from roombench.measure.metrics import Metrics, new_histogram
 
 
 def best_ns(fn: Callable[[int], None], n: int, repeats: int = 5) -> float:

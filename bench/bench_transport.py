@@ -25,9 +25,10 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
-from roombench.protocol import DEFAULT_PROFILE  # noqa: E402
+from roombench.wire.profile import DEFAULT_PROFILE  # noqa: E402
 from roombench.servers import ServerProcess, start_server  # noqa: E402
-from roombench.transport import Callbacks, Transport, make_transport  # noqa: E402
+from roombench.transport.base import Callbacks, Transport  # noqa: E402
+from roombench.transport.registry import make_transport  # noqa: E402
 
 TOKEN = "secret"
 MAX_DURATION = 60.0

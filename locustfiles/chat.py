@@ -4,4 +4,4 @@ Scenario options (room size, rate, ack mode, drops, transport...) appear in the 
 "Custom parameters" and as command-line flags; see `locust -f locustfiles/chat.py --help`.
 """
 
-from roombench.users import ChatUser  # noqa: F401  (Locust collects User classes from this module)
+from roombench.locust.users import ChatUser  # noqa: F401  (Locust collects User classes from this module)

@@ -5,7 +5,7 @@ The public API is small; everything else is internal and may change.
 
 from __future__ import annotations
 
-from .exceptions import (
+from roombench.exceptions import (
     BackfillError,
     ConnectFailed,
     ProtocolError,
@@ -14,8 +14,8 @@ from .exceptions import (
     TransportError,
     UsageError,
 )
-from .protocol import DEFAULT_PROFILE, Profile
-from .scenario import Scenario
+from roombench.wire.profile import DEFAULT_PROFILE, Profile
+from roombench.chat.scenario import Scenario
 
 __version__ = "0.1.0"
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .exceptions import RoombenchError, UsageError
-from .protocol import DEFAULT_PROFILE, ack_follows_profile, load_profile
-from .scenario import Scenario, add_arguments
+from roombench.exceptions import RoombenchError, UsageError
+from roombench.wire.profile import DEFAULT_PROFILE, ack_follows_profile, load_profile
+from roombench.chat.scenario import Scenario, add_arguments
 
 _PROFILE_HELP = ("profile TOML naming the server's events, fields, path, namespace, token placement and backfill "
                  "URL (a path, or a shipped profile's name: default, renamed-example); default: the contract's names")
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--step", type=int, help="step for the spectra and phases (default: highest all variants ran)")
 
     s = sub.add_parser("serve", help="run a server variant in the foreground")
-    from .servers import VARIANTS
+    from roombench.servers import VARIANTS
 
     s.add_argument("variant", choices=sorted(VARIANTS), help="server variant")
     s.add_argument("--host", default="127.0.0.1")
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
+    from roombench.bench.sweep import sweep
 
     out = sweep(args.file, resume=args.resume)
     if args.plot:
-        from .plot import plot_all
+        from roombench.bench.plot import plot_all
 
         plot_all(out)
     print(out)  # last line: the run folder, for scripts
@@ -103,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plot import plot_all
+    from roombench.bench.plot import plot_all
 
     for path in plot_all(args.folder, args.step):
         print(path)
@@ -111,7 +111,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .run import RunOptions, run
+    from roombench.bench.run import RunOptions, run
 
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
     args.ack = profile.ack_for(args.ack)
@@ -122,8 +122,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import check, format_results
-    from .probe import check_url
+    from roombench.check.points import check, format_results
+    from roombench.transport.probe import check_url
 
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
     for url in args.url.split(","):
@@ -136,8 +136,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .servers import VARIANTS
-    from .servers.__main__ import main as serve_main
+    from roombench.servers import VARIANTS
+    from roombench.servers.__main__ import main as serve_main
 
     spec = VARIANTS[args.variant]
     if not spec.app_factory or spec.processes > 1 or spec.redis:
@@ -154,7 +154,7 @@ def _serve_managed(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from .servers import start_server
+    from roombench.servers import start_server
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt  # so a SIGTERM, too, stops every child before we exit

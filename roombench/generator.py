@@ -19,14 +19,14 @@ import gevent.pool
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from .exceptions import BackfillError
-from .ledger import Ledger, LedgerCounts
-from .metrics import Metrics, add_histogram, add_values, new_histogram, percentiles, to_micros
-from .protocol import DEFAULT_PROFILE, Profile
-from .rest import BackfillClient
-from .rooms import RoomRegistry, rooms_for
-from .scenario import Scenario
-from .session import ChatSession
+from roombench.exceptions import BackfillError
+from roombench.chat.ledger import Ledger, LedgerCounts
+from roombench.measure.metrics import Metrics, add_histogram, add_values, new_histogram, percentiles, to_micros
+from roombench.wire.profile import DEFAULT_PROFILE, Profile
+from roombench.chat.backfill import BackfillClient
+from roombench.chat.rooms import RoomRegistry, rooms_for
+from roombench.chat.scenario import Scenario
+from roombench.chat.session import ChatSession
 
 logger = logging.getLogger("roombench")
 
@@ -65,7 +65,7 @@ class Generator:
         self._cpu1: float | None = None
         # Import the transports now, not when the first user spawns: a 0.1-0.3 s import
         # in mid-spawn stalls every greenlet (and the lag probe would rightly say so).
-        from . import compat, lean, wsplain  # noqa: F401
+        from roombench.transport import registry  # noqa: F401
 
         # Everything alive now (Locust, gevent, numpy...) lives for the whole run: keep the
         # collector from re-scanning it, or full collections pause the loop for ~60 ms.

@@ -10,13 +10,14 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
-from roombench.protocol import DEFAULT_PROFILE, Profile  # noqa: E402
+from roombench.wire.profile import DEFAULT_PROFILE, Profile  # noqa: E402
 from roombench.servers import ServerProcess, start_server  # noqa: E402
-from roombench.transport import Transport, make_transport  # noqa: E402
+from roombench.transport.base import Transport  # noqa: E402
+from roombench.transport.registry import make_transport  # noqa: E402
 
 pytest.register_assert_rewrite("tests.helpers")  # its shared checks fail with pytest's detail
 
-from .helpers import REF_TOKEN, Peer, Recorder, ScriptedPeer, new_room  # noqa: E402
+from tests.helpers import REF_TOKEN, Peer, Recorder, ScriptedPeer, new_room  # noqa: E402
 
 __all__ = ["REF_TOKEN"]  # test modules import it from here
 

@@ -19,9 +19,9 @@ import socketio
 import websocket
 from greenlet import greenlet
 
-from roombench import codec
-from roombench.protocol import DEFAULT_PROFILE, Profile
-from roombench.transport import Callbacks, ReconnectPolicy, Transport
+from roombench.wire import codec
+from roombench.wire.profile import DEFAULT_PROFILE, Profile
+from roombench.transport.base import Callbacks, ReconnectPolicy, Transport
 
 REF_TOKEN = "secret"  # the token of conftest.ref_server, and of the servers the tests start
 SERVER_EVENTS = ("new_message", "user_typing", "message_read")

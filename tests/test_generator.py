@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from roombench.generator import Generator, run_for
-from roombench.scenario import Scenario
+from roombench.chat.scenario import Scenario
 
-from .conftest import REF_TOKEN
+from tests.helpers import REF_TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,7 +119,7 @@ def test_slow_acks_time_out(server_factory: Any) -> None:
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    from roombench.metrics import Metrics
+    from roombench.measure.metrics import Metrics
 
     return Metrics.decode(report["metrics"]).summary()
 
@@ -130,7 +130,7 @@ def test_overloaded_generator_flags_itself(ref_server: Any) -> None:
     import gevent
 
     from roombench.generator import merge_reports
-    from roombench.summary import saturation
+    from roombench.measure.summary import saturation
 
     gen = Generator(ref_server.url, replace(FAST, room_size=2))
 
@@ -158,8 +158,8 @@ def test_idle_generator_is_not_saturated(ref_server: Any) -> None:
 def test_backfill_percent_encodes_the_channel(ref_server: Any) -> None:
     import time as _time
 
-    from roombench.protocol import DEFAULT_PROFILE
-    from roombench.rest import BackfillClient
+    from roombench.wire.profile import DEFAULT_PROFILE
+    from roombench.chat.backfill import BackfillClient
     from tests.helpers import Peer
 
     room = f"a/b?c {_time.monotonic_ns()}"

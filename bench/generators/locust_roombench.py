@@ -17,8 +17,8 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 import marks
-from roombench.metrics import percentiles
-from roombench.users import ChatUser, current_generator
+from roombench.measure.metrics import percentiles
+from roombench.locust.users import ChatUser, current_generator
 
 __all__ = ["ChatUser"]
 

@@ -160,7 +160,7 @@ def _latency(ends: list[dict[str, Any]]) -> dict[str, Any]:
         return {"per_process": [e["lat"] for e in ends]}
     from hdrh.histogram import HdrHistogram
 
-    from roombench.metrics import add_histogram, new_histogram, percentiles
+    from roombench.measure.metrics import add_histogram, new_histogram, percentiles
 
     out = {}
     for name in ends[0]["hdr"]:

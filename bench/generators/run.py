@@ -36,7 +36,7 @@ import report  # noqa: E402
 from measure import measure  # noqa: E402
 from tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, PYTHON_TOOLS, TOOLS, Job, ensure_installed  # noqa: E402
 
-from roombench.machine import machine_info  # noqa: E402
+from roombench.measure.machine import machine_info  # noqa: E402
 
 SCHEMA = "roombench.genbench/1"
 FANOUT_USERS = 100

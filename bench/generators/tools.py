@@ -43,7 +43,7 @@ TOOLS: dict[str, tuple[str, ...]] = {
     # the yardstick: what this machine allows a Python client at all (raw_client.py)
     "python-raw": ("ack",),
     # not run by default: the lean transport with a reader greenlet per connection (as
-    # before roombench.poller), to measure what the poller changed
+    # before roombench.transport.poller), to measure what the poller changed
     "roombench-lean-greenlet": ("ack", "fanout", "idle"),
 }
 DEFAULT_TOOLS = [t for t in TOOLS if t != "roombench-lean-greenlet"]

@@ -9,7 +9,7 @@ thing being benchmarked.
 deterministically, so tests can prove that the generator's ledger notices.
 
 The wire names below are the contract's own names. The generator never spells them (it asks
-:mod:`roombench.protocol`); this module *is* the contract, so spelling them here is the point,
+:mod:`roombench.wire.profile`); this module *is* the contract, so spelling them here is the point,
 and it shares no code with the generator (see DESIGN.md, "servers").
 """
 

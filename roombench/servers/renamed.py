@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 import orjson
 import socketio
 
-from roombench.protocol import PROFILES_DIR, Profile, load_profile
+from roombench.wire.profile import PROFILES_DIR, Profile, load_profile
 from roombench.servers.reference import Faults, RoomStore, _LiveHandlers, _RestApp
 
 __all__ = ["Faults", "RenamingServer", "create_app", "DEFAULT_PROFILE_PATH"]

@@ -1,0 +1,1 @@
+"""Benchmarks: one headless run, sweeps, reports and plots of result folders."""

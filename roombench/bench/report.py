@@ -1,0 +1,197 @@
+"""Read a sweep's result folder back: per-step results, tables, comparisons, report.md.
+
+Everything here works from the folder alone (run.json + each step's summary.json with
+its encoded histograms), so a report can be rebuilt anywhere, long after the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roombench.measure.metrics import Metrics, percentiles
+from roombench.measure.summary import load_summary
+from roombench.bench.sweep import load_run
+
+TABLE_METRICS = ("ack", "fanout", "backfill")
+SPECTRUM = (50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+@dataclass
+class StepResult:
+    """One finished (variant, step, repeat) of a sweep."""
+
+    variant: str
+    step: int
+    repeat: int
+    summary: dict[str, Any]
+
+    @property
+    def offered(self) -> float:
+        """Offered load in messages/s (users x rate)."""
+        meta = self.summary["metadata"]
+        return meta["load"]["users"] * meta["scenario"]["rate"]
+
+    @property
+    def achieved(self) -> float:
+        """Confirmed messages per second over the measured time."""
+        # ack samples, not the ledger's count: the ledger also counts the warm-up
+        return self.summary["latency_ms"]["ack"]["count"] / max(self.summary["metadata"]["duration_s"], 1e-9)
+
+    def p(self, metric: str, stat: str) -> float | None:
+        """A latency statistic in ms (None without samples)."""
+        return self.summary["latency_ms"][metric][stat]
+
+
+@dataclass
+class Sweep:
+    """A result folder: its run.json and every finished step."""
+
+    folder: Path
+    meta: dict[str, Any]
+    results: list[StepResult]
+
+    @property
+    def variants(self) -> list[str]:
+        return [v["name"] for v in self.meta["sweep"]["variants"]]
+
+    @property
+    def steps(self) -> list[int]:
+        return list(range(len(self.meta["sweep"]["steps"])))
+
+    def at(self, variant: str, step: int) -> list[StepResult]:
+        """All repeats of one variant at one step."""
+        return [r for r in self.results if r.variant == variant and r.step == step]
+
+    def merged(self, variant: str, step: int) -> Metrics:
+        """The repeats' histograms merged (percentiles over all samples)."""
+        m = Metrics()
+        for r in self.at(variant, step):
+            m.merge(Metrics.decode(r.summary["histograms"]))
+        return m
+
+    def by_step(self, variant: str, value: Callable[[StepResult], float | None]) -> list[tuple[float, float]]:
+        """(offered load, mean over repeats of ``value``) per step the variant ran."""
+        out = []
+        for step in self.steps:
+            runs = self.at(variant, step)
+            vals = [v for v in (value(r) for r in runs) if v is not None]
+            if vals:
+                out.append((runs[0].offered, sum(vals) / len(vals)))
+        return sorted(out)
+
+    def default_step(self) -> int:
+        """The highest step every variant finished (else the highest any finished)."""
+        common = [s for s in self.steps if all(self.at(v, s) for v in self.variants)]
+        done = common or [r.step for r in self.results] or [0]
+        return max(done)
+
+
+def load(folder: str | Path) -> Sweep:
+    """Load a sweep result folder (UsageError if it is not one)."""
+    folder = Path(folder)
+    meta = load_run(folder)
+    results = []
+    for item in meta["plan"]:
+        if item["dir"] in meta["done"]:
+            results.append(StepResult(item["variant"], item["step"], item["repeat"],
+                                      load_summary(folder / item["dir"] / "summary.json")))
+    return Sweep(folder, meta, results)
+
+
+def spectrum(m: Metrics, metric: str) -> dict[float, float]:
+    """Percentile -> ms for the HDR spectrum plot."""
+    h = m.histogram(metric)
+    if not h.total_count:
+        return {}
+    return {p: v / 1000.0 for p, v in percentiles(h, SPECTRUM).items()}
+
+
+def _spread(values: list[float | None]) -> tuple[float, float] | None:
+    vals = [v for v in values if v is not None]
+    return (min(vals), max(vals)) if vals else None
+
+
+def compare(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[str]:
+    """'x faster/slower than <baseline>' only where the repeats' ranges do not overlap."""
+    with_data = [v for v in sw.variants if sw.at(v, step)]
+    if len(with_data) < 2:
+        return []
+    base = with_data[0]  # the first variant listed that ran this step
+    b = _spread([r.p(metric, stat) for r in sw.at(base, step)])
+    lines = []
+    for v in with_data[1:]:
+        runs = sw.at(v, step)
+        o = _spread([r.p(metric, stat) for r in runs])
+        if b is None or o is None:
+            lines.append(f"{v} vs {base}: {metric} {stat}: no data")
+        elif len(runs) < 2 or len(sw.at(base, step)) < 2:
+            lines.append(f"{v} vs {base}: {metric} {stat} not significant (needs repeats >= 2 to know the spread)")
+        elif o[0] > b[1]:
+            lines.append(f"{v} vs {base}: {metric} {stat} {o[0] / max(b[1], 1e-9):.2f}x slower")
+        elif o[1] < b[0]:
+            lines.append(f"{v} vs {base}: {metric} {stat} {b[0] / max(o[1], 1e-9):.2f}x faster")
+        else:
+            lines.append(f"{v} vs {base}: {metric} {stat} not significant (ranges overlap)")
+    return lines
+
+
+def _cell(values: list[float | None]) -> str:
+    s = _spread(values)
+    if s is None:
+        return "-"
+    lo, hi = s
+    mid = (lo + hi) / 2
+    return f"{mid:.3g}" if hi - lo < 1e-9 else f"{mid:.3g} ±{(hi - lo) / 2:.2g}"
+
+
+def step_table(sw: Sweep, step: int) -> list[str]:
+    """Markdown rows: one variant per row at ``step``, repeats' spread as ±."""
+    head = ["variant"] + [f"{m} {s}" for m in TABLE_METRICS for s in ("p50", "p99", "p999")]
+    head += ["acks/s", "live_missed", "lost", "duplicates", "capacity"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in sw.variants:
+        runs = sw.at(v, step)
+        if not runs:
+            broke = sw.meta.get("capacity", {}).get(v, {}).get("broke_at", 1 << 30)
+            why = f"skipped: p99 over the limit at step {broke}" if broke < step else "not run"
+            rows.append(f"| {v} | " + " | ".join([why] + [""] * (len(head) - 2)) + " |")
+            continue
+        cells = [_cell([r.p(m, s) for r in runs]) for m in TABLE_METRICS for s in ("p50", "p99", "p999")]
+        cells.append(_cell([r.achieved for r in runs]))
+        for key in ("live_missed", "lost", "duplicates"):
+            cells.append(str(sum(r.summary["delivery"][key] for r in runs)))
+        cells.append(_capacity(sw, v))
+        rows.append(f"| {v} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _capacity(sw: Sweep, variant: str) -> str:
+    cap = sw.meta.get("capacity", {}).get(variant)
+    if not cap:
+        return "-"
+    held = cap.get("held")
+    return f"step {held} (p99 < {cap['limit_ms']} ms)" if held is not None else f"none (p99 > {cap['limit_ms']} ms)"
+
+
+def write_report(sw: Sweep, figures: list[str], at_step: int) -> Path:
+    """report.md in the result folder: machine, tables per step, comparisons, figures."""
+    m = sw.meta["machine"]
+    lines = [f"# roombench sweep {sw.folder.name}", "",
+             f"Machine: {m['cpu_model']}, {m['cores']} cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; "
+             f"Python {m['versions']['python']}, node {m['node']}; git {str(m['git_revision'])[:10]}.",
+             f"Sweep file: `{sw.meta['sweep_file']}`; latencies in ms; ± is half the repeats' range.", ""]
+    for s in sw.steps:
+        step = sw.meta["sweep"]["steps"][s]
+        lines += [f"## Step {s}: " + ", ".join(f"{k}={v}" for k, v in step.items()), ""]
+        lines += step_table(sw, s)
+        lines += [""] + [f"- {c}" for c in compare(sw, s, "ack") + compare(sw, s, "fanout")] + [""]
+    failed = sw.meta.get("failed", {})
+    if failed:
+        lines += ["## Failed steps", ""] + [f"- {k}: {v}" for k, v in failed.items()] + [""]
+    lines += [f"## Figures (spectra and phases at step {at_step})", ""] + [f"![{f}]({f})" for f in figures]
+    path = sw.folder / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

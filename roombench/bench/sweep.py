@@ -1,0 +1,196 @@
+"""`roombench sweep FILE.toml`: server variants x load steps x repeats -> results/<run-id>/.
+
+A sweep file::
+
+    name = "smoke"
+    duration = 4          # measured seconds per step
+    warmup = 1            # seconds before that whose latencies are discarded
+    repeats = 1
+    [defaults]            # scenario options for every step (see `roombench run --help`)
+    room_size = 5
+    [[variants]]
+    name = "py"           # a built-in variant (roombench serve --help) ...
+    stop_p99_ms = 100     # optional: stop stepping up once ack or fan-out p99 passes this
+    [[variants]]
+    name = "theirs"       # ... or an external server: a URL, or a start command
+    url = "http://127.0.0.1:9000"
+    profile = "their-profile.toml"
+    [[steps]]
+    users = 10
+    rate = 1
+
+Layout: ``run.json`` (machine, software, the plan, each step's status) and
+``<variant>/s<step>-r<repeat>/summary.json`` (+ Locust CSVs). A finished step is never
+redone: ``--resume DIR`` picks up an interrupted sweep where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from roombench.exceptions import RoombenchError, UsageError
+from roombench.measure.machine import machine_info
+from roombench.bench.run import RunOptions, new_run_id, run
+from roombench.chat.scenario import Scenario
+from roombench.servers import VARIANTS, ServerProcess, start_external, start_server
+from roombench.measure.summary import load_summary, write_json
+
+RUN_SCHEMA = "roombench.run/1"
+_STEP_KEYS = {"users", "spawn_rate"} | {f.name for f in dataclasses.fields(Scenario)}
+_VARIANT_KEYS = {"name", "url", "command", "profile", "token", "stop_p99_ms", "ready_path"}
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep file; UsageError names what is wrong."""
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read sweep file {path}: {exc}") from None
+    variants, steps = spec.get("variants"), spec.get("steps")
+    if not variants or not steps:
+        raise UsageError(f"{path}: needs at least one [[variants]] and one [[steps]]")
+    for v in variants:
+        unknown = set(v) - _VARIANT_KEYS
+        if "name" not in v or unknown:
+            raise UsageError(f"{path}: variant {v.get('name', '?')!r} needs a name; unknown keys: {sorted(unknown)}")
+        if "url" not in v and "command" not in v and v["name"] not in VARIANTS:
+            raise UsageError(f"{path}: variant {v['name']!r} is not built in ({', '.join(VARIANTS)}): give url or command")
+    for i, step in enumerate([spec.get("defaults", {}), *steps]):
+        unknown = set(step) - _STEP_KEYS
+        if unknown:
+            raise UsageError(f"{path}: step {i} has unknown options {sorted(unknown)}")
+        _scenario(spec, step)  # validates values
+    return spec
+
+
+def _scenario(spec: dict[str, Any], step: dict[str, Any]) -> Scenario:
+    opts = {**spec.get("defaults", {}), **step}
+    opts.setdefault("warmup", spec.get("warmup", 0.0))
+    return Scenario(**{k: v for k, v in opts.items() if k not in ("users", "spawn_rate")}).validate()
+
+
+def plan(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (variant, step, repeat) in run order: variant by variant, stepping load up."""
+    return [{"variant": v["name"], "step": i, "repeat": r, "dir": f"{v['name']}/s{i}-r{r}"}
+            for v in spec["variants"] for i in range(len(spec["steps"])) for r in range(spec.get("repeats", 1))]
+
+
+def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path("results")) -> Path:
+    """Run (or resume) a sweep; returns its result folder."""
+    spec = load_sweep(path)
+    out = resume or out_root / new_run_id()
+    meta_path = out / "run.json"
+    if resume is not None:
+        if not meta_path.exists():
+            raise UsageError(f"--resume {resume}: no run.json there")
+        meta = load_run(out)
+    else:
+        meta = {"schema": RUN_SCHEMA, "sweep_file": str(path), "sweep": spec, "machine": machine_info(),
+                "started": time.time(), "plan": plan(spec), "done": [], "capacity": {}}
+    todo = [p for p in meta["plan"] if p["dir"] not in meta["done"]]
+    progress = _Progress(len(todo))
+    try:
+        for variant in spec["variants"]:
+            items = [p for p in todo if p["variant"] == variant["name"]]
+            if items:
+                _run_variant(spec, variant, items, out, meta, progress)
+    finally:
+        meta["finished"] = time.time()
+        write_json(meta_path, meta)
+    return out
+
+
+def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict[str, Any]], out: Path,
+                 meta: dict[str, Any], progress: _Progress) -> None:
+    token = variant.get("token", "roombench")
+    with _serve(variant, token, out) as url:
+        for item in items:
+            step = spec["steps"][item["step"]]
+            if item["step"] > meta["capacity"].get(variant["name"], {}).get("broke_at", 1 << 30):
+                continue  # stop rule: this variant already broke at a lower step
+            progress.show(item)
+            opts = RunOptions(host=url, users=step.get("users", 10), spawn_rate=step.get("spawn_rate", 100.0),
+                              duration=spec.get("duration", 5.0), out=out / item["dir"], quiet=True,
+                              profile=variant.get("profile"))
+            given = {**spec.get("defaults", {}), **step}
+            ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's
+            scenario = _scenario(spec, step)  # a given transport is in it, validated
+            transport = scenario.transport if given.get("transport") else (
+                VARIANTS[variant["name"]].transport if variant["name"] in VARIANTS else "lean")
+            opts.scenario = dataclasses.replace(scenario, token=token, ack=ack, transport=transport)
+            try:
+                run(opts)
+            except RoombenchError as exc:  # one failed step is recorded, the sweep goes on
+                meta.setdefault("failed", {})[item["dir"]] = str(exc)
+            else:
+                meta["done"].append(item["dir"])
+                _stop_rule(variant, item, out, meta)
+            write_json(out / "run.json", meta)
+
+
+def _stop_rule(variant: dict[str, Any], item: dict[str, Any], out: Path, meta: dict[str, Any]) -> None:
+    limit = variant.get("stop_p99_ms")
+    if limit is None:
+        return
+    lat = load_summary(out / item["dir"] / "summary.json")["latency_ms"]
+    p99 = max(lat[m]["p99"] or 0.0 for m in ("ack", "fanout"))
+    cap = meta["capacity"].setdefault(variant["name"], {"held": None, "broke_at": 1 << 30, "limit_ms": limit})
+    step = item["step"]
+    if p99 > limit:  # one repeat over the limit is enough: that step did not hold
+        cap["broke_at"] = min(cap["broke_at"], step)
+        if cap["held"] is not None and cap["held"] >= step:
+            cap["held"] = step - 1 if step > 0 else None
+    elif step < cap["broke_at"]:
+        cap["held"] = max(step, cap["held"] if cap["held"] is not None else -1)
+
+
+class _Progress:
+    """Step i of n, elapsed and an estimate of what is left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.i, self.t0 = total, 0, time.monotonic()
+
+    def show(self, item: dict[str, Any]) -> None:
+        elapsed = time.monotonic() - self.t0
+        left = f", ~{elapsed / self.i * (self.total - self.i):.0f} s left" if self.i else ""
+        self.i += 1
+        print(f"[{self.i}/{self.total}] {item['variant']} step {item['step']} repeat {item['repeat']} "
+              f"(elapsed {elapsed:.0f} s{left})", flush=True)
+
+
+class _serve:
+    """Start a variant (built-in, command, or nothing for a URL); yields its base URL."""
+
+    def __init__(self, variant: dict[str, Any], token: str, out: Path) -> None:
+        self.variant, self.token, self.out = variant, token, out
+        self.server: ServerProcess | None = None
+
+    def __enter__(self) -> str:
+        v = self.variant
+        if "url" in v:
+            return str(v["url"])
+        log = self.out / v["name"] / "server.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if "command" in v:
+            self.server = start_external(v["name"], v["command"], token=self.token, log_path=str(log))
+        else:
+            self.server = start_server(v["name"], token=self.token, log_path=str(log))
+        return self.server.url
+
+    def __exit__(self, *_: Any) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def load_run(folder: Path) -> dict[str, Any]:
+    """run.json of a result folder (any readable schema version)."""
+    from roombench.measure.summary import read_json
+
+    meta = read_json(folder / "run.json")
+    if meta.get("schema") != RUN_SCHEMA:
+        raise UsageError(f"{folder}/run.json: unknown schema {meta.get('schema')!r}")
+    return meta

@@ -1,0 +1,1 @@
+"""The client model: session, rooms, schedule, REST backfill, the delivery ledger."""

@@ -1,0 +1,107 @@
+"""Scenario options: what each virtual user does, shared by the CLI and Locust's UI."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from roombench.exceptions import UsageError
+
+Transport = Literal["lean", "compat", "ws"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One virtual user's behaviour. Every field is also a Locust custom argument."""
+
+    room_size: int = 10
+    rooms_per_user: int = 1
+    rate: float = 1.0  # messages per second per user (open loop)
+    window: int = 0  # closed loop: at most this many unconfirmed messages per user; 0 = open loop at rate
+    size: int = 64  # bytes of message content
+    ack: Literal["callback", "echo"] = "callback"
+    drop_every: float = 0.0  # mean seconds between forced TCP aborts per user; 0 = never
+    transport: Transport = "lean"
+    token: str = ""
+    typing_every: int = 10  # every N-th message is preceded by a typing event; 0 = never
+    read_every: int = 10  # every N-th message is followed by a read receipt; 0 = never
+    ack_timeout: float = 10.0
+    reconnect_delay: float = 1.0  # first reconnect backoff (socket.io default), then x2
+    reconnect_delay_max: float = 30.0
+    drain: float = 10.0  # max seconds to wait for in-flight messages at the end
+    warmup: float = 0.0  # seconds at the start whose latency samples are discarded
+
+    def validate(self) -> Scenario:
+        """Raise UsageError naming the first bad option."""
+        checks = [
+            (self.room_size >= 1, "--room-size must be >= 1"),
+            (self.rooms_per_user >= 1, "--rooms-per-user must be >= 1"),
+            (self.rate > 0, "--rate must be > 0 messages/s per user"),
+            (self.window >= 0, "--window must be >= 0 (0 = open loop at --rate)"),
+            (0 <= self.size <= 1_000_000, "--size must be between 0 and 1000000 bytes"),
+            (self.ack in ("callback", "echo"), "--ack must be callback or echo"),
+            (self.drop_every >= 0, "--drop-every must be >= 0 seconds"),
+            (self.transport in ("lean", "compat", "ws"), "--transport must be lean, compat or ws"),
+            (self.typing_every >= 0 and self.read_every >= 0, "--typing-every/--read-every must be >= 0"),
+            (self.ack_timeout > 0, "--ack-timeout must be > 0"),
+            (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
+            (self.drain >= 0, "--drain must be >= 0"),
+            (self.warmup >= 0, "--warmup must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for summary.json metadata (the token is redacted)."""
+        d = asdict(self)
+        d["token"] = "***" if self.token else ""
+        return d
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace | Any) -> Scenario:
+        """Build from parsed options (Locust's or ours); missing attributes keep defaults."""
+        kwargs = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
+        return cls(**kwargs).validate()
+
+
+#: option help texts; drive both argparse and Locust's web UI
+OPTION_HELP: dict[str, str] = {
+    "room_size": "members per room",
+    "rooms_per_user": "rooms each user joins",
+    "rate": "messages per second per user (open loop; latency counts from the intended send time)",
+    "window": "closed loop instead of --rate: each user keeps at most N messages unconfirmed and sends the next "
+    "as soon as one is confirmed; measures capacity, but latency then counts from the actual send and hides "
+    "stalls (coordinated omission), so measure latency with the open loop; 0 = open loop",
+    "size": "message content size in bytes",
+    "ack": "confirmation: callback (Socket.IO ack) or echo (own new_message with the temp_id)",
+    "drop_every": "abort each user's TCP connection every N s on average (0 = never) to measure reconnect -> backfill",
+    "transport": "lean (fast own framing) or compat (python-socketio Client) for Socket.IO; ws for a plain WebSocket server",
+    "token": "auth token sent in the Socket.IO auth payload and as Bearer on REST",
+    "typing_every": "send a typing event before every N-th message (0 = never)",
+    "read_every": "send a read receipt after every N-th message (0 = never)",
+    "ack_timeout": "seconds before an unconfirmed message counts as an ack timeout",
+    "reconnect_delay": "first reconnect delay in seconds (doubles up to --reconnect-delay-max, +-50%% jitter)",
+    "reconnect_delay_max": "longest reconnect delay in seconds",
+    "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
+    "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
+}
+
+
+def add_arguments(parser: Any, *, include_locust_ui: bool = False) -> None:
+    """Add every scenario option to an argparse (or Locust's configargparse) parser."""
+    defaults = Scenario()
+    for f in fields(Scenario):
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"default": default, "help": OPTION_HELP[f.name]}
+        if f.name in ("ack", "transport"):
+            kwargs["choices"] = ["callback", "echo"] if f.name == "ack" else ["lean", "compat", "ws"]
+        else:
+            kwargs["type"] = type(default)
+        if include_locust_ui:
+            kwargs["include_in_web_ui"] = True
+            if f.name == "token":
+                kwargs["is_secret"] = True
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)

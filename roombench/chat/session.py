@@ -1,0 +1,400 @@
+"""One virtual user's app session: the client model of the reference lesson.
+
+Exactly one persistent connection; a set of active rooms re-joined on EVERY connect;
+messages sent with a fresh temp_id and pending until confirmed (Socket.IO ack or the
+server's echo); the last id received per room, and after a reconnect a REST backfill
+from the last id held when the connection dropped, merged without duplicates.
+
+Handlers run inline on the transport's receive path, so they only do dict lookups,
+ledger updates and histogram records. Blocking work (REST) runs in its own greenlet.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+
+from roombench.exceptions import BackfillError, ConnectFailed
+from roombench.chat.schedule import OpenLoop, RandomEvery
+from roombench.transport.base import ReconnectPolicy
+
+from roombench.transport.registry import make_transport
+
+if TYPE_CHECKING:
+    from roombench.generator import Generator
+
+now = time.perf_counter
+
+#: unconfirmed[temp_id] value once the sender saw its own echo (callback mode)
+_ECHOED = -1.0
+#: drop times of every session: a Random of its own would cost each user 2.5 KB of state
+_DROP_RNG = random.Random()
+
+
+# shared by every session of the same scenario: one per user would cost each idle user ~0.2 KB
+@functools.lru_cache(maxsize=8)
+def _content(size: int) -> str:
+    return "x" * size
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(delay: float, delay_max: float) -> ReconnectPolicy:
+    return ReconnectPolicy(delay=delay, delay_max=delay_max)
+
+
+class ChatSession:
+    """One user: connection, rooms, pending temp_ids, last ids, backfill and merge."""
+
+    # slots: an instance dict of ~35 attributes costs each idle user ~1.5 KB
+    __slots__ = ("gen", "no", "user_id", "server_id", "rooms", "last_id", "gap_start", "unconfirmed",
+                 "disconnected_sends", "joined", "t_connect", "t_drop", "t_connected", "epoch", "_joins_left",
+                 "_closed", "_callback", "_window", "_k", "content", "_ev_send", "_ev_typing", "_ev_read",
+                 "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
+                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport")
+
+    def __init__(self, gen: Generator, user_no: int) -> None:
+        self.gen = gen
+        self.no = user_no
+        sc, p = gen.scenario, gen.profile
+        self.user_id = f"{gen.ledger.prefix}u{user_no}"
+        #: how the server names us; learned from our first echo if it ignores ours
+        self.server_id: Any = self.user_id
+        self.rooms = gen.rooms_for(user_no)
+        self.last_id: dict[str, int] = {}
+        self.gap_start: dict[str, int] = {}
+        self.unconfirmed: dict[str, float] = {}  # temp_id -> ack deadline (or _ECHOED)
+        self.disconnected_sends: dict[str, str] = {}  # temp_id -> room: fate decided by backfill
+        self.joined = gevent.event.Event()
+        self.t_connect = 0.0
+        self.t_drop: float | None = None
+        self.t_connected = 0.0
+        self.epoch = 0
+        self._joins_left = 0
+        self._closed = False
+        self._callback = sc.ack == "callback"
+        self._window = sc.window  # > 0: closed loop, see _fill
+        self._k = 0  # messages sent so far: picks the room and the typing / read-receipt turns
+        self.content = _content(sc.size)
+        self._ev_send, self._ev_typing, self._ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
+        self._ev_new, self._ev_user_typing, self._ev_read_by = (
+            p.event("new_message"), p.event("user_typing"), p.event("message_read"))
+        self._f_ch, self._f_content, self._f_temp = p.field("channel_id"), p.field("content"), p.field("temp_id")
+        self._f_id, self._f_sender, self._f_channel = p.field("id"), p.field("sender_id"), p.field("channel")
+        self._f_user, self._f_msg = p.field("user_id"), p.field("message_id")
+        # the session is its own transport.Handlers (on_connect, on_disconnect, on_event, on_error)
+        self.transport = make_transport(
+            sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,
+            auth_extra={p.field("user_id"): self.user_id},
+            reconnect=_policy(sc.reconnect_delay, sc.reconnect_delay_max), ack_timeout=sc.ack_timeout)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Connect and join every room; False (error counted) if that failed."""
+        self.t_connect = now()
+        try:
+            self.transport.connect()
+        except ConnectFailed as exc:
+            self.gen.error("connect_failed", str(exc))
+            return False
+        if not self.joined.wait(self.gen.scenario.ack_timeout):
+            self.gen.error("join_timeout", f"rooms not joined within {self.gen.scenario.ack_timeout} s")
+        return True
+
+    def run(self) -> None:
+        """The send loop, with forced drops; returns when the run stops.
+
+        Open loop (the default): sends at ``rate`` whatever happens, latency counted from
+        each intended send time. Closed loop (``window`` > 0): the ack handlers send the
+        next message inline as soon as one is confirmed (see :meth:`_fill`); this loop
+        only refills the window after a reconnect or a timeout.
+        """
+        sc, gen = self.gen.scenario, self.gen
+        while not gen.stopping and not self.joined.is_set() and not self.start():
+            gevent.sleep(min(5.0, sc.reconnect_delay * 2) * random.uniform(0.5, 1.5))
+        t0 = now()
+        sends = OpenLoop(sc.rate, t0)
+        if self._window:
+            sends.next = float("inf")
+            self._fill()
+        drops = RandomEvery(sc.drop_every, t0, _DROP_RNG)
+        # echo mode expires unconfirmed sends here and the closed loop refills; an open
+        # loop in callback mode (the transport expires acks) only needs a rare wake-up
+        tick = 0.5 if self._window or not self._callback else 5.0
+        housekeeping = t0 + tick
+        while not gen.stopping:
+            due = min(sends.next, drops.next, housekeeping)
+            wait = due - now()
+            if wait > 0:
+                gevent.sleep(wait)
+                continue
+            if sends.next <= due:
+                self.send(self.rooms[self._k % len(self.rooms)], sends.advance(), self._k)
+                self._k += 1
+            elif drops.next <= due:
+                drops.advance()
+                self.drop()
+            else:
+                housekeeping = now() + tick
+                self._expire_unconfirmed()
+                if self._window:
+                    self._fill()
+
+    def _fill(self) -> None:
+        """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""
+        gen, rooms = self.gen, self.rooms
+        for _ in range(self._window - len(self.unconfirmed)):
+            if gen.stopping or not self.transport.connected:
+                return
+            self.send(rooms[self._k % len(rooms)], now(), self._k)
+            self._k += 1
+
+    def close(self) -> None:
+        """Leave every room and close the socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        leave, f_room = self.gen.profile.event("leave"), self.gen.profile.field("room")
+        for room in self.rooms:
+            if self.transport.connected:
+                self.transport.emit(leave, {f_room: room})
+            self.gen.registry.remove(room, self.no)
+        self.transport.close()
+        for temp_id in list(self.unconfirmed) + list(self.disconnected_sends):
+            self.gen.ledger.on_ack_failed(temp_id, "disconnected")
+        self.unconfirmed.clear()
+        self.disconnected_sends.clear()
+
+    @property
+    def whole(self) -> bool:
+        """False between a drop and the end of its backfill merge."""
+        return self.t_drop is None
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, room: str, intended: float, k: int) -> None:
+        """Send one message due at ``intended`` (plus typing / read receipt by schedule)."""
+        gen = self.gen
+        if not self.transport.connected:
+            gen.counters["sends_skipped_offline"] += 1
+            return
+        sc = gen.scenario
+        if sc.typing_every and k % sc.typing_every == 0:
+            gen.typing_sent[(room, self.server_id)] = intended
+            self.transport.emit(self._ev_typing, {self._f_channel: room})
+        temp_id = gen.ledger.new_temp_id()
+        gen.ledger.on_sent(temp_id, room, self.no, gen.registry.members(room), intended)
+        data = {self._f_ch: room, self._f_content: self.content, self._f_temp: temp_id}
+        if self._callback:
+            self.unconfirmed[temp_id] = 0.0
+            sent = self.transport.emit(self._ev_send, data, functools.partial(self._on_ack, temp_id))
+        else:
+            self.unconfirmed[temp_id] = intended + sc.ack_timeout
+            sent = self.transport.emit(self._ev_send, data)
+        if not sent:  # the connection died under us: nothing left, nobody can expect it
+            del self.unconfirmed[temp_id]
+            gen.ledger.void(temp_id)
+            return
+        if sc.read_every and k % sc.read_every == sc.read_every - 1 and room in self.last_id:
+            msg_id = self.last_id[room]
+            gen.read_sent[(room, self.server_id, msg_id)] = now()
+            self.transport.emit(self._ev_read, {self._f_ch: room, self._f_msg: msg_id})
+
+    def drop(self) -> None:
+        """Force a network failure: abort the TCP connection (the reconnect path follows)."""
+        if self.transport.connected and self.whole:
+            self.gen.counters["forced_drops"] += 1
+            self.t_drop = now()
+            self.transport.drop()
+
+    def _on_ack(self, temp_id: str, payload: Any, error: str | None) -> None:
+        t = now()
+        ledger = self.gen.ledger
+        state = self.unconfirmed.pop(temp_id, None)
+        if error is None:
+            msg_id = payload.get(self._f_id) if isinstance(payload, dict) else None
+            if msg_id is None:
+                self.gen.error("ack_malformed", f"send_message ack without {self._f_id!r}: {payload!r:.80}")
+                ledger.on_ack_failed(temp_id, "malformed")
+                return
+            t0 = ledger.on_acked(temp_id, msg_id)
+            if t0 is not None:
+                self.gen.metrics.record("ack", t - t0)
+            if self._window:
+                self._fill()
+        elif error == "disconnected":
+            if state == _ECHOED:  # the server had it: its echo reached us before the drop
+                ledger.on_acked(temp_id, None)
+            else:
+                self.disconnected_sends[temp_id] = ""
+        else:
+            ledger.on_ack_failed(temp_id, error)
+
+    def _expire_unconfirmed(self) -> None:
+        """Echo mode: messages whose echo did not come within ack_timeout."""
+        if self._callback or not self.unconfirmed:
+            return
+        t = now()
+        late = [tid for tid, deadline in self.unconfirmed.items() if deadline < t]
+        for tid in late:
+            del self.unconfirmed[tid]
+            self.gen.ledger.on_ack_failed(tid, "timeout")
+
+    # -- receiving (inline on the receive path) --------------------------------------
+
+    def on_error(self, kind: str, detail: str) -> None:
+        self.gen.error(kind, detail)
+
+    def on_event(self, event: str, data: Any) -> None:
+        if event == self._ev_new:
+            self._on_new_message(data)
+        elif event == self._ev_user_typing:
+            self._on_signal(self.gen.typing_sent, "typing", data, (self._f_channel, self._f_user))
+        elif event == self._ev_read_by:
+            self._on_signal(self.gen.read_sent, "read_receipt", data, (self._f_ch, self._f_user, self._f_msg))
+        else:
+            self.gen.counters["unknown_events"] += 1
+
+    def _on_new_message(self, data: Any) -> None:
+        t = now()
+        try:
+            temp_id, room, msg_id, sender = data[self._f_temp], data[self._f_ch], data[self._f_id], data.get(self._f_sender)
+        except (TypeError, KeyError, AttributeError):
+            self.gen.error("malformed_message", f"new_message missing fields: {data!r:.80}")
+            return
+        gen = self.gen
+        if type(msg_id) is not int:
+            gen.error("malformed_message", f"new_message id is not an integer: {msg_id!r:.40}")
+            return
+        state = self.unconfirmed.get(temp_id)
+        if state is not None or sender == self.server_id:
+            self._on_own_echo(temp_id, msg_id, sender, state, t)
+        else:
+            t0 = gen.ledger.on_live(self.no, temp_id, msg_id)
+            if t0 is None:
+                return
+            gen.metrics.record("fanout", t - t0)
+        last = self.last_id.get(room, 0)
+        if msg_id > last:
+            self.last_id[room] = msg_id
+        elif msg_id < last:
+            gen.ledger.note_out_of_order()
+
+    def _on_own_echo(self, temp_id: str, msg_id: int, sender: Any, state: float | None, t: float) -> None:
+        if state is None:  # already confirmed by its ack: nothing left to learn
+            return
+        self.server_id = sender
+        if self._callback:
+            self.unconfirmed[temp_id] = _ECHOED
+            return
+        del self.unconfirmed[temp_id]
+        t0 = self.gen.ledger.on_acked(temp_id, msg_id)
+        if t0 is not None:
+            self.gen.metrics.record("ack", t - t0)
+        if self._window:
+            self._fill()
+
+    def _on_signal(self, sent: dict[Any, float], metric: str, data: Any, keys: tuple[str, ...]) -> None:
+        try:
+            key = tuple(data[k] for k in keys)
+        except (TypeError, KeyError):
+            self.gen.error("malformed_" + metric, f"missing fields in {data!r:.80}")
+            return
+        t0 = sent.get(key)
+        if t0 is not None and key[1] != self.server_id:  # the actor's own copy is no delivery
+            self.gen.metrics.record(metric, now() - t0)
+
+    # -- connection lifecycle (inline) ------------------------------------------------
+
+    def on_connect(self, is_reconnect: bool) -> None:
+        t = now()
+        if is_reconnect:
+            self.t_connected = t
+            if self.t_drop is not None:
+                self.gen.metrics.record("reconnect", t - self.t_drop)
+        else:
+            self.gen.metrics.record("connect", t - self.t_connect)
+        self._joins_left = len(self.rooms)
+        join, f_room = self.gen.profile.event("join"), self.gen.profile.field("room")
+        epoch = self.epoch
+        for room in self.rooms:
+            if self.gen.profile.join_ack:
+                self.transport.emit(join, {f_room: room}, functools.partial(self._on_join_ack, room, epoch=epoch))
+            else:
+                self.transport.emit(join, {f_room: room})
+                self._on_join_ack(room, None, None, epoch)
+
+    def _on_join_ack(self, room: str, payload: Any, error: str | None, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        if error is not None:
+            self.gen.error("join_failed", f"join {room!r}: {error}")
+        elif room not in self.last_id:
+            last = payload.get(self.gen.profile.field("last_id")) if isinstance(payload, dict) else None
+            self.last_id[room] = last if isinstance(last, int) else 0
+        self.gen.registry.add(room, self.no)
+        self._joins_left -= 1
+        if self._joins_left:
+            return
+        if self._window and self.joined.is_set():  # a reconnect failed what was in flight: refill
+            self._fill()
+        if not self.joined.is_set():
+            self.joined.set()
+        elif self.t_drop is not None:
+            self.gen.metrics.record("rejoin", now() - self.t_connected)
+            gevent.spawn(self._backfill, epoch)
+
+    def on_disconnect(self, reason: str) -> None:
+        if self.t_drop is None:  # not forced by us: the server or the network did it
+            self.t_drop = now()
+            self.gen.error("disconnected", reason)
+        self.epoch += 1
+        self.gap_start = dict(self.last_id)
+        if not self._callback:  # echo mode: the transport holds no acks to fail for us
+            for temp_id in self.unconfirmed:
+                self.disconnected_sends[temp_id] = ""
+            self.unconfirmed.clear()
+
+    # -- backfill and merge ----------------------------------------------------------
+
+    def _backfill(self, epoch: int) -> None:
+        """After a rejoin: fetch what each room missed since the drop and merge it."""
+        gen, t_fetch = self.gen, now()
+        fetched: dict[str, list[dict[str, Any]]] = {}
+        for room in self.rooms:
+            try:
+                fetched[room] = gen.rest.after(room, self.gap_start.get(room, 0), time.monotonic() + 10.0)
+            except BackfillError as exc:
+                gen.error("backfill_error", str(exc))
+        t_merge = now()
+        self._merge(fetched)
+        t_done = now()
+        if epoch == self.epoch and self.t_drop is not None:
+            gen.metrics.record("fetch", t_merge - t_fetch)
+            gen.metrics.record("merge", t_done - t_merge)
+            gen.metrics.record("backfill", t_done - self.t_drop)
+            self.t_drop = None
+
+    def _merge(self, fetched: dict[str, list[dict[str, Any]]]) -> None:
+        """Merge backfilled messages: the ledger dedups by temp_id; our own unconfirmed
+        sends found here reached the server, the others never did (void)."""
+        ledger, f_temp, f_id = self.gen.ledger, self._f_temp, self._f_id
+        for room, items in fetched.items():
+            for m in items:
+                temp_id, msg_id = m.get(f_temp), m.get(f_id)
+                if temp_id in self.disconnected_sends:
+                    del self.disconnected_sends[temp_id]
+                    ledger.on_acked(temp_id, msg_id)
+                elif isinstance(temp_id, str):
+                    ledger.on_backfill(self.no, temp_id, msg_id)
+                if isinstance(msg_id, int) and msg_id > self.last_id.get(room, 0):
+                    self.last_id[room] = msg_id
+        if len(fetched) == len(self.rooms):
+            for temp_id in self.disconnected_sends:
+                ledger.void(temp_id)
+            self.disconnected_sends.clear()

@@ -1,0 +1,1 @@
+"""The conformance check: one pass/fail line per contract point."""

@@ -1,0 +1,1 @@
+"""Locust integration: the user class, stats bridge, the locustfile."""

@@ -1,3 +1,0 @@
-"""The locustfile `roombench run` hands to Locust (same as locustfiles/chat.py)."""
-
-from roombench.users import ChatUser  # noqa: F401

@@ -1,0 +1,1 @@
+"""Measurement: HDR metrics, the summary schema and SLOs, machine metadata."""

@@ -1,0 +1,206 @@
+"""summary.json: the versioned result of one run, SLO verdicts, and the printed table.
+
+Schema history (``schema`` key):
+  roombench.summary/1 — first version.
+Readers accept every version listed in ``READABLE``.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import platform
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from roombench.exceptions import UsageError
+from roombench.measure.machine import git_revision, versions
+from roombench.measure.metrics import METRICS
+
+SCHEMA = "roombench.summary/1"
+READABLE = (SCHEMA,)
+STATS = ("count", "mean", "p50", "p90", "p99", "p999", "max")
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+_SLO_RE = re.compile(r"^\s*([a-z_]+)(?:\.([a-z0-9_]+))?\s*(<=|>=|==|!=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """One gate such as ``ack.p99<50`` (ms) or ``lost==0``."""
+
+    expr: str
+    name: str
+    stat: str | None
+    op: str
+    limit: float
+
+    def value(self, summary: dict[str, Any]) -> float | None:
+        """The summary's value this gate looks at (None: no samples)."""
+        if self.name in METRICS:
+            return summary["latency_ms"][self.name][self.stat or "p99"]
+        if self.name == "errors":
+            return sum(summary["errors"].values()) if self.stat in (None, "total") else summary["errors"].get(self.stat, 0)
+        if self.name == "delivery":
+            return summary["delivery"][self.stat or ""]
+        if self.name == "generator":
+            return summary["metadata"]["generator"][self.stat or ""]
+        return summary["delivery"][self.name]
+
+    def verdict(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """{"slo", "value", "ok"}; a gate on a metric without samples fails."""
+        value = self.value(summary)
+        ok = value is not None and _OPS[self.op](value, self.limit)
+        return {"slo": self.expr, "value": value, "ok": bool(ok)}
+
+
+def parse_slo(expr: str) -> Slo:
+    """Parse ``name[.stat] OP number``; UsageError names what is wrong."""
+    m = _SLO_RE.match(expr)
+    if not m:
+        raise UsageError(f"bad --slo {expr!r}: expected e.g. 'ack.p99<50' or 'lost==0'")
+    name, stat, op, limit = m.groups()
+    delivery_keys = set(_delivery_keys())
+    if name in METRICS:
+        if stat not in (None, *STATS):
+            raise UsageError(f"bad --slo {expr!r}: {stat!r} is not one of {', '.join(STATS)}")
+    elif name == "delivery" and stat not in delivery_keys:
+        raise UsageError(f"bad --slo {expr!r}: unknown delivery counter {stat!r}")
+    elif name == "generator" and stat not in ("cpu_pct", "loop_lag_p99_ms"):
+        raise UsageError(f"bad --slo {expr!r}: generator.{stat} is not gateable")
+    elif name not in ("errors", "delivery", "generator") and (stat or name not in delivery_keys):
+        raise UsageError(f"bad --slo {expr!r}: unknown metric {name!r} (latency: {', '.join(METRICS)})")
+    return Slo(expr.strip(), name, stat, op, float(limit))
+
+
+def _delivery_keys() -> list[str]:
+    from roombench.chat.ledger import LedgerCounts
+
+    return [*LedgerCounts().to_dict(), "sends_skipped_offline", "forced_drops"]
+
+
+#: a generator is saturated (its numbers are suspect) past either threshold
+SATURATED_LAG_P99_MS = 20.0
+SATURATED_CPU_FRACTION = 0.90
+
+
+def saturation(merged: dict[str, Any]) -> list[str]:
+    """Why this run's numbers cannot be trusted (empty: they can)."""
+    why = []
+    if merged["loop_lag_p99_ms"] > SATURATED_LAG_P99_MS:
+        why.append(f"event-loop lag p99 {merged['loop_lag_p99_ms']:.1f} ms > {SATURATED_LAG_P99_MS:g} ms")
+    if merged["cpu_max_fraction"] > SATURATED_CPU_FRACTION:
+        why.append(f"a generator process used {100 * merged['cpu_max_fraction']:.0f}% of a core "
+                   f"(> {100 * SATURATED_CPU_FRACTION:.0f}%)")
+    return why
+
+
+
+def build_summary(merged: dict[str, Any], *, target: str, scenario: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary dict from merged process reports (see generator.merge_reports)."""
+    metrics = merged["metrics"]
+    wall = merged["wall_s"] or 1e-9
+    delivery = {**merged["ledger"].to_dict()}
+    for key in ("sends_skipped_offline", "forced_drops"):
+        delivery[key] = merged["counters"].get(key, 0)
+    return {
+        "schema": SCHEMA,
+        "metadata": {
+            "started": merged["started"],
+            "duration_s": round(wall, 3),
+            "target": target,
+            "scenario": scenario,
+            "users": merged["users"],
+            "versions": versions(),
+            "git_revision": git_revision(),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "generator": {
+                "processes": merged["processes"],
+                "cpu_s": round(merged["cpu_s"], 3),
+                "cpu_pct": round(100.0 * merged["cpu_s"] / wall, 1),
+                "loop_lag_p99_ms": round(merged["loop_lag_p99_ms"], 3),
+                "saturated": bool(saturation(merged)),
+                "saturation": saturation(merged),
+            },
+            **(extra or {}),
+        },
+        "latency_ms": metrics.summary(),
+        "delivery": delivery,
+        "errors": merged["errors"],
+        "error_samples": merged["error_samples"],
+        "counters": merged["counters"],
+        "histograms": metrics.encode(),
+        "slo": [],
+    }
+
+
+def apply_slos(summary: dict[str, Any], slos: list[Slo]) -> bool:
+    """Record every verdict in the summary; True when all hold."""
+    summary["slo"] = [s.verdict(summary) for s in slos]
+    return all(v["ok"] for v in summary["slo"])
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; UsageError (one line) if it is missing or malformed."""
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Read a summary.json of any readable schema version; UsageError otherwise."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("schema") not in READABLE:
+        raise UsageError(f"{path} is not a roombench summary (schema {data.get('schema') if isinstance(data, dict) else None!r})")
+    return data
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The compact table printed after a run."""
+    lines = [f"{'metric':<13}{'count':>9}{'p50 ms':>10}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"]
+    for name, s in summary["latency_ms"].items():
+        if s["count"]:
+            lines.append(f"{name:<13}{s['count']:>9}" + "".join(f"{_fmt(s[k]):>{w}}" for k, w in
+                         (("p50", 10), ("p90", 9), ("p99", 9), ("p999", 9), ("max", 9))))
+    d = summary["delivery"]
+    lines.append("delivery: " + "  ".join(f"{k}={d[k]}" for k in (
+        "sent", "acked", "ack_timeouts", "expected", "delivered_live", "live_missed", "recovered", "lost",
+        "duplicates", "out_of_order")))
+    errors = summary["errors"]
+    lines.append("errors: " + ("  ".join(f"{k}={v}" for k, v in sorted(errors.items())) if errors else "none"))
+    gen = summary["metadata"]["generator"]
+    lines.append(f"generator: cpu {gen['cpu_pct']}% of a core over {summary['metadata']['duration_s']} s, "
+                 f"{gen['processes']} process(es), {summary['metadata']['users']} users")
+    for why in gen.get("saturation", []):
+        lines.append(f"WARNING: generator saturated, latencies are inflated: {why}")
+    for v in summary["slo"]:
+        lines.append(f"SLO {v['slo']}: {'PASS' if v['ok'] else 'FAIL'} (value {_fmt(v['value'])})")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Transports: one connection each, one interface (base), one file per implementation."""

@@ -1,0 +1,126 @@
+"""Pending acks and the one process-wide sweeper that expires them.
+
+Every transport keeps its pending acks in an :class:`AckTable` (one callback per ack id,
+called exactly once) and registers one sweep job with :data:`SWEEPER`, so ack deadlines
+and ping timeouts of all connections in the process cost one greenlet, not a timer per
+message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from roombench.transport.base import AckCallback
+
+__all__ = ["AckTable", "SWEEPER", "SWEEP_INTERVAL"]
+
+#: seconds between two sweeps of ack deadlines and ping timeouts
+SWEEP_INTERVAL = 0.25
+_now = time.monotonic
+
+
+class AckTable:
+    """Pending acks, id -> (callback, deadline); every callback is called exactly once.
+
+    ``on_error(kind, detail)`` hears about a callback that raised while being failed
+    (timeout or disconnect), so one buggy callback cannot keep the others from running.
+    The transports inline :meth:`add` and :meth:`resolve` on their hot paths: they touch
+    ``pending`` and ``next_id`` directly, so those two stay plain public attributes.
+    """
+
+    __slots__ = ("pending", "next_id", "timeout", "on_error")
+
+    def __init__(self, timeout: float, on_error: Callable[[str, str], None]) -> None:
+        self.pending: dict[int, tuple[AckCallback, float]] = {}
+        self.next_id = 0
+        self.timeout = timeout
+        self.on_error = on_error
+
+    def add(self, callback: AckCallback) -> int:
+        """Register ``callback`` under a new ack id; its deadline is now + timeout."""
+        aid = self.next_id
+        self.next_id = aid + 1
+        self.pending[aid] = (callback, _now() + self.timeout)
+        return aid
+
+    def resolve(self, aid: int, payload: Any) -> bool:
+        """Call the callback of ``aid`` with ``payload``; False when the ack is late.
+
+        Late means: already failed, or past its deadline (then it fails with "timeout"
+        now, so the timeout is exact whatever the sweep interval).
+        """
+        entry = self.pending.pop(aid, None)
+        if entry is None:
+            return False
+        if entry[1] < _now():
+            self.fail(entry[0], "timeout")
+            return False
+        entry[0](payload, None)
+        return True
+
+    def expire(self, now: float) -> None:
+        """Fail every ack whose deadline has passed with "timeout"."""
+        pending = self.pending
+        # deadlines grow with ids and dicts keep insertion order: stop at the first live one
+        while pending:
+            aid = next(iter(pending))
+            if pending[aid][1] > now:
+                return
+            self.fail(pending.pop(aid)[0], "timeout")
+
+    def fail_all(self, error: str) -> None:
+        """Fail every pending ack with ``error``."""
+        pending, self.pending = self.pending, {}
+        for callback, _ in pending.values():
+            self.fail(callback, error)
+
+    def fail(self, callback: AckCallback, error: str) -> None:
+        """Call ``callback`` with ``error``; a raising callback is reported, not raised."""
+        try:
+            callback(None, error)
+        except Exception as exc:  # noqa: BLE001 - report it, then fail the next one
+            self.on_error("handler_error", f"ack callback ({error}): {type(exc).__name__}: {exc}")
+
+
+class _Sweeper:
+    """One greenlet per process that runs every registered sweep ``SWEEP_INTERVAL`` apart.
+
+    It exists only while something is registered, so a process with no open transports
+    has no sweeper greenlet.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, Callable[[float], None]] = {}
+        self._glet: gevent.Greenlet | None = None
+
+    def add(self, key: object, job: Callable[[float], None]) -> None:
+        """Run ``job(now)`` every sweep until ``discard(key)``."""
+        self._jobs[id(key)] = job
+        if self._glet is None or self._glet.dead:
+            self._glet = gevent.spawn(self._run)
+
+    def discard(self, key: object) -> None:
+        """Stop running the job of ``key``; the last one out ends the greenlet."""
+        self._jobs.pop(id(key), None)
+        glet = self._glet
+        if not self._jobs and glet is not None and glet is not gevent.getcurrent():
+            self._glet = None
+            glet.kill(block=False)
+
+    def _run(self) -> None:
+        while self._jobs:
+            gevent.sleep(SWEEP_INTERVAL)
+            now = _now()
+            for job in list(self._jobs.values()):
+                try:
+                    job(now)
+                except Exception:  # noqa: BLE001 - a callback's bug must not stop the sweeps
+                    pass
+
+
+#: the process's sweeper: transports register their ``_sweep`` on connect
+SWEEPER = _Sweeper()

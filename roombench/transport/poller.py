@@ -1,0 +1,121 @@
+"""One greenlet that reads every established connection of the process.
+
+A greenlet per connection costs a hub switch in and out for every wake-up (at tens of
+thousands of messages per second that is a good part of the generator's CPU) and ~5 KB
+of saved stack and greenlet per connection. Instead, the established connections'
+sockets sit in one ``epoll`` set; gevent's hub watches only that set's descriptor, and
+when it is readable the poller greenlet calls each ready connection's callback in turn:
+no switch per connection, one ``epoll_wait`` per batch.
+
+The epoll set is level-triggered: a callback that reads once and leaves data behind is
+called again on the next round, so one busy connection cannot starve the others.
+Callbacks run inline in the poller greenlet, so they must not block for long: a send
+that has to wait for buffer space holds every other connection's reads meanwhile.
+Linux only (``select.epoll``); :func:`available` says whether it can be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.hub import get_hub
+from gevent.monkey import get_original
+
+_EPOLLIN = 1
+
+
+def _original_epoll() -> Any:
+    # gevent's monkey-patched select module has no epoll: take the standard library's
+    try:
+        return get_original("select", "epoll")
+    except AttributeError:  # not Linux
+        return None
+
+
+_epoll = _original_epoll()
+
+__all__ = ["POLLER", "Poller", "available"]
+
+
+def available() -> bool:
+    """True where ``select.epoll`` exists (Linux)."""
+    return _epoll is not None
+
+
+class Poller:
+    """The process's reader of established connections (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._ep: Any = None
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._glet: gevent.Greenlet | None = None
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+    @property
+    def greenlet(self) -> gevent.Greenlet | None:
+        """The poller's greenlet while it runs (callbacks run in it)."""
+        return self._glet
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (or at EOF / on an error)."""
+        if self._ep is None or self._ep.closed:
+            self._ep = _epoll()
+        if fd in self._callbacks:  # a descriptor number reused after a close: start afresh
+            self.discard(fd)
+        self._ep.register(fd, _EPOLLIN)
+        self._callbacks[fd] = callback
+        if self._glet is None or self._glet.dead:
+            self._glet = gevent.spawn(self._run)
+
+    def discard(self, fd: int) -> None:
+        """Stop watching ``fd``; call it before closing the socket (harmless after).
+        The last one out ends the greenlet (a later :meth:`add` starts a new one)."""
+        if self._callbacks.pop(fd, None) is None or self._ep is None:
+            return
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):  # already closed: the kernel dropped it from the set
+            pass
+        glet = self._glet
+        if not self._callbacks and glet is not None and glet is not gevent.getcurrent():
+            self._glet, self._ep = None, None  # the dying greenlet closes its set
+            glet.kill(block=False)
+
+    def _run(self) -> None:
+        ep = self._ep
+        assert ep is not None
+        callbacks = self._callbacks
+        hub = get_hub()
+        watcher = hub.loop.io(ep.fileno(), 1)
+        poll = ep.poll
+        try:
+            while callbacks:
+                events = poll(0)
+                if not events:
+                    hub.wait(watcher)
+                    continue
+                for fd, _ in events:
+                    callback = callbacks.get(fd)
+                    if callback is not None:
+                        try:
+                            callback()
+                        except Exception:  # noqa: BLE001, S110 - callbacks report their own errors;
+                            pass  # one that did not must not stop every other connection's reads
+        finally:
+            watcher.close()
+            if self._glet is gevent.getcurrent():
+                self._glet = None
+            if self._ep is not ep or not callbacks:
+                if self._ep is ep:
+                    self._ep = None
+                ep.close()
+            elif self._glet is None:  # killed from outside with connections left: go on
+                self._glet = gevent.spawn(self._run)
+
+
+#: the process's poller; :class:`~roombench.transport.framed.FramedTransport` registers its connections here
+POLLER = Poller()

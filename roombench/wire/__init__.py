@@ -1,0 +1,1 @@
+"""The wire: WebSocket frames, Engine.IO/Socket.IO packets, the server profile."""

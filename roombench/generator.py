@@ -46,7 +46,7 @@ class Generator:
         self.host = ",".join(self.hosts)
         self.scenario = scenario
         self.profile = profile
-        self.ledger = Ledger()
+        self.ledger = Ledger(opaque_ids=profile.opaque_ids)
         self.metrics = Metrics()
         self.registry = RoomRegistry()
         self.rest = BackfillClient(self.hosts[0], profile, scenario.token or None)

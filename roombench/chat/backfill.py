@@ -1,17 +1,34 @@
-"""The REST backfill client: fetch what a member missed, after the last id it had."""
+"""The REST backfill client: fetch what a member missed, after the last id it had.
+
+Pages by last id (``after`` = the last id of the previous page), or by the server's cursor
+when the profile names one (``[backfill] next``): fetched until the cursor is null or
+absent, bounded by :data:`MAX_PAGES` and the caller's deadline.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 import requests
 
 from roombench.exceptions import BackfillError
 from roombench.wire.profile import Profile
+
+#: most pages one ``after`` call fetches: a server whose cursor never ends cannot hang us
+MAX_PAGES = 1000
+
+
+def dotted(body: Any, path: str) -> Any:
+    """The value at a dotted ``path`` ("data.items") in a JSON body; None where it is absent."""
+    for key in path.split("."):
+        if not isinstance(body, dict):
+            return None
+        body = body.get(key)
+    return body
 
 
 class BackfillClient:
@@ -30,13 +47,22 @@ class BackfillClient:
         # SSL_CERT_FILE; requests would read REQUESTS_CA_BUNDLE and let it override a
         # session's setting, so it is passed with every request
         self.verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
-        if token:
-            self.http.headers["Authorization"] = f"Bearer {token}"
+        headers, self.params = profile.backfill_credentials(token)
+        self.http.headers.update(headers)
 
-    def page(self, channel: str, after: int, limit: int | None = None) -> list[dict[str, Any]]:
-        """One page of messages with id > ``after``, in id order. Raises BackfillError."""
+    def page(self, channel: str, after: Any, limit: int | None = None) -> list[dict[str, Any]]:
+        """One page of messages after ``after``, in the server's order. Raises BackfillError."""
+        return self.page_and_cursor(channel, after, limit)[0]
+
+    def page_and_cursor(self, channel: str, after: Any, limit: int | None = None,
+                        cursor: Any = "") -> tuple[list[dict[str, Any]], Any]:
+        """One page and the cursor of the next (None: last page, or no cursor paging)."""
         limit = limit or self.profile.backfill_limit
-        url = self.base + self.profile.backfill_url.format(channel_id=quote(channel, safe=""), after=after, limit=limit)
+        url = self.base + self.profile.backfill_url.format(
+            channel_id=quote(channel, safe=""), after=quote(str(after), safe=""), limit=limit,
+            cursor=quote(str(cursor), safe=""))
+        if self.params:
+            url += ("&" if "?" in url else "?") + urlencode(self.params)
         try:
             resp = self.http.get(url, timeout=self.timeout, verify=self.verify)
         except requests.RequestException as exc:
@@ -48,23 +74,37 @@ class BackfillClient:
         except orjson.JSONDecodeError:
             raise BackfillError(f"backfill {url} returned malformed JSON") from None
         key = self.profile.backfill_key
-        items = body.get(key) if key and isinstance(body, dict) else body
+        items = dotted(body, key) if key else body
         if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
-            raise BackfillError(f"backfill {url} returned {type(body).__name__}, expected a list of messages")
-        return items
+            where = f" at {key!r}" if key else ""
+            raise BackfillError(f"backfill {url} returned {type(body).__name__}{where}, expected a list of messages "
+                                "(profile key [backfill] key)")
+        nxt = dotted(body, self.profile.backfill_next) if self.profile.backfill_next else None
+        return items, nxt
 
-    def after(self, channel: str, after: int, deadline: float) -> list[dict[str, Any]]:
-        """Every message with id > ``after``, paging until a short page or the deadline."""
+    def after(self, channel: str, after: Any, deadline: float) -> list[dict[str, Any]]:
+        """Every message after ``after``, paging until the last page or the deadline."""
         id_field = self.profile.field("id")
         limit = self.profile.backfill_limit
+        by_cursor = bool(self.profile.backfill_next)
         out: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            page = self.page(channel, after, limit)
+        cursor: Any = ""
+        for _ in range(MAX_PAGES):
+            if time.monotonic() >= deadline:
+                break
+            page, nxt = self.page_and_cursor(channel, after, limit, cursor)
             out.extend(page)
+            if by_cursor:
+                if nxt is None or nxt == "" or not page:
+                    break
+                if nxt == cursor:
+                    raise BackfillError(f"backfill for {channel!r} returned the same cursor {nxt!r} twice")
+                cursor = nxt
+                continue
             if len(page) < limit:
                 break
             last = page[-1].get(id_field)
-            if not isinstance(last, int) or last <= after:
+            if not self.profile.is_id(last) or last == after or (not self.profile.opaque_ids and last <= after):
                 raise BackfillError(f"backfill for {channel!r} did not advance past id {after}")
             after = last
         return out

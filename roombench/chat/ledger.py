@@ -17,6 +17,14 @@ A send that never reached the server (it left as the connection dropped, and a f
 backfill of its room does not hold it) is voided: its ack counts as ``voided`` and its
 still-pending receivers are withdrawn from ``expected`` — not the server's loss.
 
+Own copies: the ledger knows which session sent each temp_id (:meth:`sender_of`), so a
+session recognises its own echo by temp_id alone, whatever user id the server gave it and
+whichever of ack and echo came first; an own copy is never a delivery nor unexpected.
+
+Ids: with ``opaque_ids`` a message id is any JSON string or number and is never compared
+by value; the room high-water mark is the id noted last, ranked by the order ids were
+learned (acks and backfills come in the server's order).
+
 Memory stays bounded by what is in flight: a record is retired the moment its ack is
 settled (acked or failed) and no receiver is pending. A short, bounded memory of retired
 records keeps classifying stragglers (a late joiner's copy is "unexpected", a second copy
@@ -93,7 +101,7 @@ _T = 1  # intended send time (latency origin)
 _MEMBERS = 2  # members at send time: a shared frozenset, not a copy
 _SENDER = 3
 _PENDING = 4  # set of receivers still waiting; None once retired
-_PREV = 5  # room high-water mark at send time (the "after" for a covering fetch)
+_PREV = 5  # room high-water mark at send time, (rank, id): the id is the "after" for a covering fetch
 _SETTLED = 6  # ack arrived or failed
 _MSG_ID = 7  # server id once known
 _BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
@@ -109,9 +117,11 @@ class Ledger:
 
     __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
                  "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
-                 "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window")
+                 "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window", "_opaque", "_rank",
+                 "_start")
 
-    def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW) -> None:
+    def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW,
+                 opaque_ids: bool = False) -> None:
         # The prefix makes temp_ids unique across generator processes (a foreign temp_id is
         # recognised as such) without any coordination.
         self.prefix: str = prefix if prefix is not None else f"{os.getpid():x}{random.getrandbits(16):04x}-"
@@ -121,7 +131,12 @@ class Ledger:
         self._retired: dict[str, _Rec] = {}
         self._retired_old: dict[str, _Rec] = {}
         self._retired_window = retired_window
-        self._hwm: dict[str, int] = {}  # room -> highest server id seen in this process
+        # room -> (rank, id) of the newest server id seen in this process; the rank is the id
+        # itself for int ids, the order ids were learned in for opaque ones
+        self._hwm: dict[str, tuple[Any, Any]] = {}
+        self._opaque = opaque_ids
+        self._rank = 0
+        self._start: tuple[Any, Any] = (0, "") if opaque_ids else (0, 0)
         self._sent = self._acked = self._ack_timeouts = self._ack_errors = 0
         self._expected = self._delivered_live = self._recovered = 0
         self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
@@ -140,12 +155,12 @@ class Ledger:
         """
         pending = set(members)
         pending.discard(sender)
-        self._records[temp_id] = [room, intended_t, members, sender, pending, self._hwm.get(room, 0),
+        self._records[temp_id] = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start),
                                   False, None, None]
         self._sent += 1
         self._expected += len(pending)
 
-    def on_acked(self, temp_id: str, msg_id: int | None) -> float | None:
+    def on_acked(self, temp_id: str, msg_id: Any) -> float | None:
         """The server acked ``temp_id``; returns its intended time, or None if unknown or already settled."""
         rec = self._records.get(temp_id)
         if rec is None or rec[_SETTLED]:
@@ -187,7 +202,12 @@ class Ledger:
 
     # -- receiving side ---------------------------------------------------------------------
 
-    def on_live(self, receiver: int, temp_id: str, msg_id: int | None) -> float | None:
+    def sender_of(self, temp_id: Any) -> int | None:
+        """The user number that sent ``temp_id`` (in flight or recently retired), else None."""
+        rec = self._records.get(temp_id) or self._retired.get(temp_id) or self._retired_old.get(temp_id)
+        return None if rec is None else rec[_SENDER]
+
+    def on_live(self, receiver: int, temp_id: str, msg_id: Any) -> float | None:
         """A live new_message reached ``receiver`` (never the sender's own echo).
 
         Returns the intended send time on a first, expected delivery (the caller records
@@ -216,7 +236,7 @@ class Ledger:
             self._unexpected += 1
         return None
 
-    def on_backfill(self, receiver: int, temp_id: str, msg_id: int | None) -> bool:
+    def on_backfill(self, receiver: int, temp_id: str, msg_id: Any) -> bool:
         """A REST backfill returned ``temp_id`` to ``receiver``; True if it filled a gap.
 
         Overlap with a live delivery is normal (the fetch starts before the gap) and is not
@@ -248,23 +268,23 @@ class Ledger:
         unsettled = self._sent - self._acked - self._ack_timeouts - self._ack_errors - self._voided
         return pending_pairs + unsettled
 
-    def missing(self, receiver: int | None = None) -> dict[tuple[int, str], int]:
+    def missing(self, receiver: int | None = None) -> dict[tuple[int, str], Any]:
         """(receiver, room) -> an ``after`` id for a REST fetch that covers every pending message.
 
         The value is the smallest ``prev_id`` (room high-water mark at send time) among that
         receiver's pending messages in that room; ids increase per channel, so each pending
         message's id is greater. Pass ``receiver`` to restrict the scan's output to one user.
         """
-        out: dict[tuple[int, str], int] = {}
+        out: dict[tuple[int, str], tuple[Any, Any]] = {}
         for rec in self._records.values():
             for r in rec[_PENDING]:
                 if receiver is not None and r != receiver:
                     continue
                 key = (r, rec[_ROOM])
                 prev = out.get(key)
-                if prev is None or rec[_PREV] < prev:
+                if prev is None or rec[_PREV][0] < prev[0]:
                     out[key] = rec[_PREV]
-        return out
+        return {key: prev[1] for key, prev in out.items()}
 
     def counts(self) -> LedgerCounts:
         """A snapshot of the counters (``live_missed`` and ``lost`` derived here)."""
@@ -282,10 +302,16 @@ class Ledger:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _note_id(self, rec: _Rec, msg_id: int) -> None:
+    def _note_id(self, rec: _Rec, msg_id: Any) -> None:
+        if self._opaque:
+            if rec[_MSG_ID] is None:  # first learned: its rank is the server's order
+                self._rank += 1
+                self._hwm[rec[_ROOM]] = (self._rank, msg_id)
+            rec[_MSG_ID] = msg_id
+            return
         rec[_MSG_ID] = msg_id
-        if msg_id > self._hwm.get(rec[_ROOM], 0):
-            self._hwm[rec[_ROOM]] = msg_id
+        if type(msg_id) is int and msg_id > self._hwm.get(rec[_ROOM], self._start)[0]:
+            self._hwm[rec[_ROOM]] = (msg_id, msg_id)
 
     def _classify_extra(self, rec: _Rec, receiver: int) -> None:
         """A live copy for a receiver that is not pending: duplicate, late live, or unexpected."""

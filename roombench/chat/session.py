@@ -185,7 +185,8 @@ class ChatSession:
             return
         sc = gen.scenario
         if sc.typing_every and k % sc.typing_every == 0:
-            gen.typing_sent[(room, self.server_id)] = intended
+            if self.server_id is not None:  # else no receiver could tell it is ours
+                gen.typing_sent[(room, self.server_id)] = intended
             self.transport.emit(self._ev_typing, {self._f_channel: room})
         temp_id = gen.ledger.new_temp_id()
         gen.ledger.on_sent(temp_id, room, self.no, gen.registry.members(room), intended)
@@ -202,7 +203,8 @@ class ChatSession:
             return
         if sc.read_every and k % sc.read_every == sc.read_every - 1 and room in self.last_id:
             msg_id = self.last_id[room]
-            gen.read_sent[(room, self.server_id, msg_id)] = now()
+            if self.server_id is not None:
+                gen.read_sent[(room, self.server_id, msg_id)] = now()
             self.transport.emit(self._ev_read, {self._f_ch: room, self._f_msg: msg_id})
 
     def drop(self) -> None:
@@ -268,27 +270,39 @@ class ChatSession:
             self.gen.error("malformed_message", f"new_message missing fields: {data!r:.80}")
             return
         gen = self.gen
-        if type(msg_id) is not int:
-            gen.error("malformed_message", f"new_message id is not an integer: {msg_id!r:.40}")
+        if type(msg_id) is not int and not gen.profile.is_id(msg_id):
+            gen.error("malformed_message", f"new_message id is not an integer: {msg_id!r:.40} "
+                      "(a server with string ids needs id_order = \"opaque\" in its profile)")
             return
         state = self.unconfirmed.get(temp_id)
-        if state is not None or sender == self.server_id:
+        if state is not None or gen.ledger.sender_of(temp_id) == self.no:
             self._on_own_echo(temp_id, msg_id, sender, state, t)
         else:
             t0 = gen.ledger.on_live(self.no, temp_id, msg_id)
             if t0 is None:
                 return
             gen.metrics.record("fanout", t - t0)
+        if type(msg_id) is not int or gen.profile.opaque_ids:
+            self._note_opaque_id(room, msg_id)
+            return
         last = self.last_id.get(room, 0)
         if msg_id > last:
             self.last_id[room] = msg_id
         elif msg_id < last:
             gen.ledger.note_out_of_order()
 
-    def _on_own_echo(self, temp_id: str, msg_id: int, sender: Any, state: float | None, t: float) -> None:
-        if state is None:  # already confirmed by its ack: nothing left to learn
+    def _note_opaque_id(self, room: str, msg_id: Any) -> None:
+        """Opaque ids: the last id received is the server's newest one (live order is its
+        order); out-of-order is not judged by comparing values."""
+        self.last_id[room] = msg_id
+
+    def _on_own_echo(self, temp_id: str, msg_id: Any, sender: Any, state: float | None, t: float) -> None:
+        # known by temp_id, not by user id: the server may name us itself (and anew after
+        # every reconnect), so its name for us is learned from every own copy
+        if sender is not None:
+            self.server_id = sender
+        if state is None:  # already confirmed by its ack: nothing else to learn
             return
-        self.server_id = sender
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
             return
@@ -314,6 +328,7 @@ class ChatSession:
     def on_connect(self, is_reconnect: bool) -> None:
         t = now()
         if is_reconnect:
+            self._forget_server_name()
             self.t_connected = t
             if self.t_drop is not None:
                 self.gen.metrics.record("reconnect", t - self.t_drop)
@@ -329,6 +344,12 @@ class ChatSession:
                 self.transport.emit(join, {f_room: room})
                 self._on_join_ack(room, None, None, epoch)
 
+    def _forget_server_name(self) -> None:
+        """A server that named us itself may name us anew on this connection: unknown
+        (typing and read receipts untimed) until our next own copy tells."""
+        if self.server_id != self.user_id:
+            self.server_id = None
+
     def _on_join_ack(self, room: str, payload: Any, error: str | None, epoch: int) -> None:
         if epoch != self.epoch:
             return
@@ -336,7 +357,7 @@ class ChatSession:
             self.gen.error("join_failed", f"join {room!r}: {error}")
         elif room not in self.last_id:
             last = payload.get(self.gen.profile.field("last_id")) if isinstance(payload, dict) else None
-            self.last_id[room] = last if isinstance(last, int) else 0
+            self.last_id[room] = last if self.gen.profile.is_id(last) else self.gen.profile.no_id
         self.gen.registry.add(room, self.no)
         self._joins_left -= 1
         if self._joins_left:
@@ -368,7 +389,8 @@ class ChatSession:
         fetched: dict[str, list[dict[str, Any]]] = {}
         for room in self.rooms:
             try:
-                fetched[room] = gen.rest.after(room, self.gap_start.get(room, 0), time.monotonic() + 10.0)
+                after = self.gap_start.get(room, gen.profile.no_id)
+                fetched[room] = gen.rest.after(room, after, time.monotonic() + 10.0)
             except BackfillError as exc:
                 gen.error("backfill_error", str(exc))
         t_merge = now()
@@ -392,8 +414,11 @@ class ChatSession:
                     ledger.on_acked(temp_id, msg_id)
                 elif isinstance(temp_id, str):
                     ledger.on_backfill(self.no, temp_id, msg_id)
-                if isinstance(msg_id, int) and msg_id > self.last_id.get(room, 0):
-                    self.last_id[room] = msg_id
+                if type(msg_id) is int and not self.gen.profile.opaque_ids:
+                    if msg_id > self.last_id.get(room, 0):
+                        self.last_id[room] = msg_id
+                elif self.gen.profile.is_id(msg_id):
+                    self._note_opaque_id(room, msg_id)  # the backfill lists in the server's order
         if len(fetched) == len(self.rooms):
             for temp_id in self.disconnected_sends:
                 ledger.void(temp_id)

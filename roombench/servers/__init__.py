@@ -93,6 +93,12 @@ VARIANTS: dict[str, Variant] = {
         app_factory="roombench.servers.renamed:create_app",
         supports_faults=True,
     ),
+    "py-foreign": Variant(
+        name="py-foreign",
+        description="an independent server under profiles/foreign-example.toml: names users by socket id, "
+        "string ids, ack before echo, X-Access-Token and cursor pages on REST",
+        app_factory="roombench.servers.foreign:create_app",
+    ),
     "py-redis": Variant(
         name="py-redis",
         description="the py app in 2 uvicorn processes sharing rooms (AsyncRedisManager) "

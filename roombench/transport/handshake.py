@@ -222,9 +222,11 @@ def socketio_endpoint(url: str, profile: Profile, token: str | None, auth_extra:
     auth: dict[str, Any] | None = dict(auth_extra) or None
     if token is not None:
         if profile.token_in == "query":
-            query += ("&" if query else "") + "token=" + quote(token, safe="")
+            name, value = profile.socket_token(token)
+            query += ("&" if query else "") + quote(name, safe="") + "=" + quote(value, safe="")
         elif profile.token_in == "header":
-            headers["Authorization"] = f"Bearer {token}"
+            name, value = profile.socket_token(token)
+            headers[name] = value
         else:
             auth = {profile.field("token"): token, **auth_extra}
     netloc = f"[{host}]" if ":" in host else host

@@ -48,10 +48,11 @@ def plain_endpoint(url: str, profile: Profile, token: str | None, auth_extra: di
     headers: dict[str, str] = {}
     params = {key: str(value) for key, value in auth_extra.items()}
     if token is not None:
+        name, value = profile.socket_token(token)
         if profile.token_in == "header":
-            headers["Authorization"] = f"Bearer {token}"
+            headers[name] = value
         else:
-            params[profile.field("token")] = token
+            params[name] = value
     if params:
         query += ("&" if query else "") + urlencode(params)
     netloc = f"[{host}]" if ":" in host else host

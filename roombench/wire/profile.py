@@ -19,6 +19,9 @@ from roombench.exceptions import UsageError
 
 AckMode = Literal["callback", "echo"]
 TokenIn = Literal["auth", "query", "header"]
+BackfillAuth = Literal["header", "query", "none"]
+IdOrder = Literal["int", "opaque"]
+TsUnit = Literal["s", "ms"]
 
 #: the value of ``--ack`` that means "whatever the profile's ack_mode says"
 ACK_FROM_PROFILE = "profile"
@@ -98,6 +101,22 @@ class Profile:
     backfill_key: str | None = None
     backfill_limit: int = 500
     token_in: TokenIn = "auth"
+    #: query parameter or header name of the socket token (None: "token" in the query,
+    #: "Authorization" as a header); the auth payload key is ``fields.token``
+    token_name: str | None = None
+    #: value template of the socket token in a header (None: "Bearer {token}") or query
+    token_value: str | None = None
+    #: "int": ids are positive integers increasing per channel; "opaque": any JSON string
+    #: or number, the server's order is authoritative (never compared by value)
+    id_order: IdOrder = "int"
+    ts_unit: TsUnit = "s"
+    #: how the REST backfill carries the token: a header, a query parameter, or not at all
+    backfill_auth: BackfillAuth = "header"
+    backfill_auth_name: str = "Authorization"
+    backfill_auth_value: str = "Bearer {token}"
+    backfill_headers: dict[str, str] = dc_field(default_factory=dict)
+    #: dotted path to the next page's cursor in a backfill answer ("" = page by last id)
+    backfill_next: str = ""
     #: the file this profile was loaded from ("" for the built-in default)
     source: str = ""
 
@@ -105,6 +124,38 @@ class Profile:
     def wire_events(self) -> frozenset[str]:
         """Every event's wire name: what a server may send (computed once per profile)."""
         return frozenset(self.events.values())
+
+    @property
+    def opaque_ids(self) -> bool:
+        """True when message ids are opaque (``id_order = "opaque"``)."""
+        return self.id_order == "opaque"
+
+    @property
+    def no_id(self) -> int | str:
+        """The ``after`` that means "from the start": 0 for int ids, "" for opaque ones."""
+        return "" if self.opaque_ids else 0
+
+    def is_id(self, value: Any) -> bool:
+        """Whether ``value`` can be a message id under this profile (bool never is)."""
+        t = type(value)
+        return t is int or (self.opaque_ids and t in (str, float) and value != "")
+
+    def socket_token(self, token: str) -> tuple[str, str]:
+        """(name, value) of the socket token for ``token_in`` "query" or "header"."""
+        if self.token_in == "header":
+            name, value = self.token_name or "Authorization", self.token_value or "Bearer {token}"
+        else:
+            name, value = self.token_name or self.field("token"), self.token_value or "{token}"
+        return name, value.replace("{token}", token)
+
+    def backfill_credentials(self, token: str | None) -> tuple[dict[str, str], dict[str, str]]:
+        """(headers, query parameters) every backfill request carries: the static
+        ``headers`` plus the token where ``[backfill] auth`` says."""
+        headers, params = dict(self.backfill_headers), {}
+        if token and self.backfill_auth != "none":
+            value = self.backfill_auth_value.replace("{token}", token)
+            (headers if self.backfill_auth == "header" else params)[self.backfill_auth_name] = value
+        return headers, params
 
     def event(self, canonical: str) -> str:
         """The wire name of a contract event."""
@@ -124,7 +175,9 @@ class Profile:
     def speaks_like(self, other: Profile) -> bool:
         """True when a server of ``other`` understands a client of this profile (same
         names, path, namespace, token placement and backfill; ack mode, limit, name aside)."""
-        keys = ("path", "ws_path", "namespace", "join_ack", "events", "fields", "backfill_url", "backfill_key", "token_in")
+        keys = ("path", "ws_path", "namespace", "join_ack", "events", "fields", "backfill_url", "backfill_key", "token_in",
+                "token_name", "token_value", "id_order", "backfill_auth", "backfill_auth_name", "backfill_auth_value",
+                "backfill_headers", "backfill_next")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,8 +186,13 @@ class Profile:
             "name": self.name, "source": self.source, "path": self.path, "ws_path": self.ws_path,
             "namespace": self.namespace,
             "ack_mode": self.ack_mode, "join_ack": self.join_ack, "token_in": self.token_in,
+            "token_name": self.token_name or "", "token_value": self.token_value or "",
+            "id_order": self.id_order, "ts_unit": self.ts_unit,
             "events": dict(self.events), "fields": dict(self.fields),
-            "backfill": {"url": self.backfill_url, "key": self.backfill_key or "", "limit": self.backfill_limit},
+            "backfill": {"url": self.backfill_url, "key": self.backfill_key or "", "limit": self.backfill_limit,
+                         "auth": self.backfill_auth, "auth_name": self.backfill_auth_name,
+                         "auth_value": self.backfill_auth_value, "headers": dict(self.backfill_headers),
+                         "next": self.backfill_next},
         }
 
 
@@ -146,13 +204,16 @@ DEFAULT_PROFILE = Profile()
 #: top-level keys of a profile file and their TOML types
 _TOP: dict[str, type] = {
     "name": str, "path": str, "ws_path": str, "namespace": str, "ack_mode": str, "join_ack": bool, "token_in": str,
-    "events": dict, "fields": dict, "backfill": dict,
+    "token_name": str, "token_value": str, "id_order": str, "ts_unit": str, "events": dict, "fields": dict, "backfill": dict,
 }
-_BACKFILL: dict[str, type] = {"url": str, "key": str, "limit": int}
-_CHOICES: dict[str, tuple[str, ...]] = {"ack_mode": ("callback", "echo"), "token_in": ("auth", "query", "header")}
+_BACKFILL: dict[str, type] = {"url": str, "key": str, "limit": int, "auth": str, "auth_name": str, "auth_value": str,
+                               "headers": dict, "next": str}
+_CHOICES: dict[str, tuple[str, ...]] = {"ack_mode": ("callback", "echo"), "token_in": ("auth", "query", "header"),
+                                        "id_order": ("int", "opaque"), "ts_unit": ("s", "ms"),
+                                        "auth": ("header", "query", "none")}
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", dict: "a table", float: "a number",
                list: "an array"}
-_URL_PLACEHOLDERS = ("channel_id", "after", "limit")
+_URL_PLACEHOLDERS = ("channel_id", "after", "limit", "cursor")
 
 
 def builtin_profiles() -> list[str]:
@@ -213,11 +274,20 @@ class _Reader:
             ack_mode=raw.get("ack_mode", d.ack_mode),
             join_ack=raw.get("join_ack", d.join_ack),
             token_in=raw.get("token_in", d.token_in),
+            token_name=self.optional(raw, "token_name"),
+            token_value=self.optional(raw, "token_value"),
+            id_order=raw.get("id_order", d.id_order),
+            ts_unit=raw.get("ts_unit", d.ts_unit),
             events=self.names(raw.get("events", {}), DEFAULT_EVENTS, "events", "contract event"),
             fields=self.names(raw.get("fields", {}), DEFAULT_FIELDS, "fields", "contract field"),
             backfill_url=self.url(backfill.get("url", d.backfill_url)),
             backfill_key=backfill.get("key", "") or None,
             backfill_limit=self.limit(backfill.get("limit", d.backfill_limit)),
+            backfill_auth=backfill.get("auth", d.backfill_auth),
+            backfill_auth_name=self.non_empty(backfill.get("auth_name", d.backfill_auth_name), "backfill.auth_name"),
+            backfill_auth_value=backfill.get("auth_value", d.backfill_auth_value),
+            backfill_headers=self.headers(backfill.get("headers", {})),
+            backfill_next=backfill.get("next", d.backfill_next),
             source=str(self.path),
         )
         self.unique(profile)
@@ -233,6 +303,16 @@ class _Reader:
                 raise self.fail(f"{prefix}{key} must be {_TYPE_NAMES[want]}, got {got} {value!r:.40}")
             if key in _CHOICES and value not in _CHOICES[key]:
                 raise self.fail(f"{key} must be one of {', '.join(_CHOICES[key])}; got {value!r}")
+
+    def optional(self, raw: dict[str, Any], key: str) -> str | None:
+        value = raw.get(key)
+        return self.non_empty(value, key) if value is not None else None
+
+    def headers(self, table: dict[str, Any]) -> dict[str, str]:
+        for name, value in table.items():
+            if not isinstance(value, str):
+                raise self.fail(f"backfill.headers.{name} must be a string, got {value!r:.40}")
+        return dict(table)
 
     def non_empty(self, value: str, key: str) -> str:
         if not value.strip():
@@ -273,7 +353,7 @@ class _Reader:
         unknown = used - set(_URL_PLACEHOLDERS)
         if unknown:
             raise self.fail(f"backfill.url has unknown placeholder(s) {', '.join(sorted(unknown))}; "
-                            "allowed: {channel_id}, {after}, {limit}")
+                            "allowed: {channel_id}, {after}, {limit}, {cursor}")
         if not value.startswith("/") or not {"channel_id", "after"} <= used:
             raise self.fail(f"backfill.url must start with \"/\" and contain {{channel_id}} and {{after}}; got {value!r}")
         return value

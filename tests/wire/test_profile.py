@@ -50,7 +50,7 @@ def test_renamed_example_names_everything_differently() -> None:
     assert p.field("channel_id") == p.field("room") == p.field("channel") == "channelId"
     assert (p.backfill_url, p.backfill_key) == ("/api/rooms/{channel_id}/history?since={after}&max={limit}", "messages")
     assert not p.speaks_like(DEFAULT_PROFILE)
-    assert sorted(builtin_profiles()) == ["default", "renamed-example"]
+    assert sorted(builtin_profiles()) == ["default", "foreign-example", "renamed-example"]
 
 
 def test_unspecified_keys_keep_the_defaults(tmp_path: Path) -> None:
@@ -70,7 +70,9 @@ def test_to_dict_mirrors_the_file_layout() -> None:
     d = load_profile("renamed-example").to_dict()
     assert orjson.loads(orjson.dumps(d)) == d  # plain JSON for summary.json
     assert d["backfill"] == {"url": "/api/rooms/{channel_id}/history?since={after}&max={limit}", "key": "messages",
-                             "limit": 200}
+                             "limit": 200, "auth": "header", "auth_name": "Authorization",
+                             "auth_value": "Bearer {token}", "headers": {}, "next": ""}
+    assert (d["id_order"], d["ts_unit"], d["token_name"]) == ("int", "s", "")
     assert d["events"]["join"] == "subscribe" and d["source"].endswith("renamed-example.toml")
     assert DEFAULT_PROFILE.to_dict()["backfill"]["key"] == ""
 
@@ -110,7 +112,7 @@ def test_bad_profiles_name_file_key_and_what_is_allowed(tmp_path: Path, text: st
 
 
 def test_missing_or_unreadable_profile_files(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no profile file 'nope.toml'.*default, renamed-example"):
+    with pytest.raises(UsageError, match="no profile file .nope.toml.*default, foreign-example, renamed-example"):
         load_profile("nope.toml")
     with pytest.raises(UsageError, match="is not a file"):
         load_profile(tmp_path)

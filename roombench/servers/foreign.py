@@ -39,11 +39,13 @@ __all__ = ["ForeignStore", "create_app", "DEFAULT_PROFILE_PATH"]
 DEFAULT_PROFILE_PATH = PROFILES_DIR / "foreign-example.toml"
 
 
-def create_app(token: str | None = None, profile_path: str | Path = DEFAULT_PROFILE_PATH) -> socketio.ASGIApp:
+def create_app(token: str | None = None, profile_path: str | Path = DEFAULT_PROFILE_PATH,
+               int_ids: bool = False) -> socketio.ASGIApp:
     """Build the foreign server (an ASGI app); ``token`` is required on connect (in the
-    auth payload) and as ``X-Access-Token`` on the backfill."""
+    auth payload) and as ``X-Access-Token`` on the backfill. ``int_ids``: ids 1, 2, 3… per
+    channel instead of strings (to test one habit at a time)."""
     profile = load_profile(profile_path)
-    store = ForeignStore()
+    store = ForeignStore(int_ids)
     sio = RenamingServer(profile, async_mode="asgi", cors_allowed_origins="*", transports=["websocket"],
                          logger=False, engineio_logger=False)
     _ForeignHandlers(sio, store, token, Faults())
@@ -55,14 +57,16 @@ def create_app(token: str | None = None, profile_path: str | Path = DEFAULT_PROF
 class ForeignStore(RoomStore):
     """In-memory messages with opaque string ids; order is insertion order per channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, int_ids: bool = False) -> None:
         super().__init__()
+        self.int_ids = int_ids
         self._lists: dict[str, list[Message]] = {}
         self._index: dict[str, dict[str, int]] = {}  # channel -> id -> position
 
     async def append(self, channel_id: str, sender_id: str, content: str, temp_id: str) -> Message:
         messages = self._lists.setdefault(channel_id, [])
-        message = {"id": f"m-{uuid.uuid4().hex[:16]}", "channel_id": channel_id, "sender_id": sender_id,
+        new_id: Any = len(messages) + 1 if self.int_ids else f"m-{uuid.uuid4().hex[:16]}"
+        message = {"id": new_id, "channel_id": channel_id, "sender_id": sender_id,
                    "content": content, "temp_id": temp_id, "ts": int(time.time() * 1000)}
         self._index.setdefault(channel_id, {})[message["id"]] = len(messages)
         messages.append(message)
@@ -75,13 +79,19 @@ class ForeignStore(RoomStore):
     async def after(self, channel_id: str, after: Any, limit: int) -> list[Message]:
         """At most ``limit`` messages after the one with id ``after`` ("" or unknown: from the start)."""
         messages = self._lists.get(channel_id, [])
-        position = self._index.get(channel_id, {}).get(after)
+        position = self._index.get(channel_id, {}).get(self._key(after))
         start = 0 if position is None else position + 1
         return messages[start : start + limit]
 
-    def more_after(self, channel_id: str, message_id: str) -> bool:
+    def _key(self, message_id: Any) -> Any:
+        """An id as the index holds it (a query string's "5" is id 5 under int ids)."""
+        if self.int_ids and isinstance(message_id, str) and message_id.isdigit():
+            return int(message_id)
+        return message_id
+
+    def more_after(self, channel_id: str, message_id: Any) -> bool:
         """True when the channel holds messages newer than ``message_id``."""
-        position = self._index.get(channel_id, {}).get(message_id)
+        position = self._index.get(channel_id, {}).get(self._key(message_id))
         return position is not None and position + 1 < len(self._lists.get(channel_id, []))
 
 
@@ -116,8 +126,9 @@ class _ForeignHandlers(_LiveHandlers):
             await self.sio.emit("new_message", message, room=message["channel_id"])
 
     async def mark_read(self, sid: str, data: Any = None) -> dict[str, str] | None:
-        if not _is_str(data, "channel_id", "message_id"):
-            return _error('mark_read needs {"channel_id": <string>, "message_id": <string>}')
+        message_id = data.get("message_id") if isinstance(data, dict) else None
+        if not _is_str(data, "channel_id") or type(message_id) not in (str, int):
+            return _error('mark_read needs {"channel_id": <string>, "message_id": <id>}')
         event = {"channel_id": data["channel_id"], "message_id": data["message_id"],
                  "user_id": self.users.get(sid, sid)}
         await self.sio.emit("message_read", event, room=data["channel_id"])

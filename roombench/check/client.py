@@ -19,7 +19,7 @@ from roombench.transport.base import Callbacks, ReconnectPolicy
 
 from roombench.transport.registry import make_transport
 
-__all__ = ["CheckClient", "Failed", "Sent", "Skipped", "is_id", "message_problems"]
+__all__ = ["CheckClient", "Failed", "Sent", "Skipped", "id_ok", "is_id", "message_problems"]
 
 _now = time.monotonic
 
@@ -115,7 +115,7 @@ class CheckClient:
             msg_id = self._echo_id(data, draft, timeout)
         return draft._replace(id=msg_id)
 
-    def _ack_id(self, payload: Any, error: str | None, draft: Sent, timeout: float) -> int:
+    def _ack_id(self, payload: Any, error: str | None, draft: Sent, timeout: float) -> Any:
         who, ev = f"client {self.label}", self.profile.event("send_message")
         f_id, f_temp = self.profile.field("id"), self.profile.field("temp_id")
         if error == "timeout":
@@ -125,11 +125,13 @@ class CheckClient:
             raise Failed(f"{who}: no {ev!r} ack ({error}){self.hint()}")
         if isinstance(payload, dict) and f_id not in payload and "error" in payload:
             raise Failed(f"{who}: the server refused the message: {payload['error']!r:.100}")
-        if not isinstance(payload, dict) or not is_id(payload.get(f_id)) or payload.get(f_temp) != draft.temp_id:
-            raise Failed(f"{who}: ack {payload!r:.80} is not {{{f_id!r}: <positive int>, {f_temp!r}: {draft.temp_id!r}}}")
+        if not isinstance(payload, dict) or not id_ok(self.profile, payload.get(f_id)) \
+                or payload.get(f_temp) != draft.temp_id:
+            raise Failed(f"{who}: ack {payload!r:.80} is not {{{f_id!r}: {_id_kind(self.profile)}, "
+                         f"{f_temp!r}: {draft.temp_id!r}}}{_id_hint(self.profile, payload, f_id)}")
         return payload[f_id]
 
-    def _echo_id(self, data: dict[str, Any], draft: Sent, timeout: float) -> int:
+    def _echo_id(self, data: dict[str, Any], draft: Sent, timeout: float) -> Any:
         who, ev, f_id = f"client {self.label}", self.profile.event("new_message"), self.profile.field("id")
         if not self.transport.emit(self.profile.event("send_message"), data):
             raise Failed(f"{who}: not connected")
@@ -137,8 +139,9 @@ class CheckClient:
         if echo is None:
             raise Failed(f"{who}: no {ev!r} of its own carrying its temp_id within {timeout:.3g} s (ack_mode = "
                          f"\"echo\"; a server that acks instead needs ack_mode = \"callback\"){self.hint()}")
-        if not is_id(echo.get(f_id)):
-            raise Failed(f"{who}: own {ev!r} {f_id!r} is {echo.get(f_id)!r}, not a positive integer")
+        if not id_ok(self.profile, echo.get(f_id)):
+            raise Failed(f"{who}: own {ev!r} {f_id!r} is {echo.get(f_id)!r}, not {_id_kind(self.profile)}"
+                         f"{_id_hint(self.profile, echo, f_id)}")
         return echo[f_id]
 
     def inbox_problem(self) -> str:
@@ -157,13 +160,41 @@ class Sent(NamedTuple):
     """A message the check sent: its temp_id, the id that confirmed it (None: not yet), its content."""
 
     temp_id: str
-    id: int | None
+    id: Any  # None: not yet
     content: str
 
 
 def is_id(value: Any) -> TypeGuard[int]:
     """A message id: a positive integer (bool is an int subclass, and no id)."""
     return type(value) is int and value > 0
+
+
+def id_ok(profile: Profile, value: Any) -> bool:
+    """A message id under ``profile``: a positive int, or with opaque ids any string or number."""
+    return profile.is_id(value) if profile.opaque_ids else is_id(value)
+
+
+def _id_kind(profile: Profile) -> str:
+    return "<string or number>" if profile.opaque_ids else "<positive int>"
+
+
+def _id_hint(profile: Profile, payload: Any, f_id: str) -> str:
+    """Name the profile key when the id is there but not an int (a foreign id scheme)."""
+    value = payload.get(f_id) if isinstance(payload, dict) else None
+    if not profile.opaque_ids and isinstance(value, (str, float)) and value != "":
+        return ' (profile: id_order = "opaque" for string ids)'
+    return ""
+
+
+def _ts_problem(profile: Profile, ts: Any, f_ts: str) -> str:
+    """"" unless ``ts`` is no number, or looks like the other unit than ``ts_unit`` says."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return f"{f_ts!r} {ts!r} is not a number"
+    if profile.ts_unit == "s" and ts > 1e11:
+        return f'{f_ts!r} {ts!r} looks like milliseconds (profile: ts_unit = "ms")'
+    if profile.ts_unit == "ms" and 0 < ts < 1e11:
+        return f'{f_ts!r} {ts!r} looks like seconds (profile: ts_unit = "s")'
+    return ""
 
 
 def message_problems(profile: Profile, m: Any, room: str, sent: Sent) -> list[str]:
@@ -178,8 +209,9 @@ def message_problems(profile: Profile, m: Any, room: str, sent: Sent) -> list[st
     wrong = [(ch == room, f"{f('channel_id')!r} is {ch!r}, not {room!r}"),
              (m[f("content")] == sent.content, f"{f('content')!r} is not the content sent"),
              (temp == sent.temp_id, f"{f('temp_id')!r} is {temp!r}, not {sent.temp_id!r}"),
-             (is_id(msg_id), f"{f('id')!r} {msg_id!r} is not a positive integer"),
+             (id_ok(profile, msg_id), f"{f('id')!r} {msg_id!r} is not {_id_kind(profile)}"
+                                      + _id_hint(profile, m, f("id"))),
              (sent.id is None or msg_id == sent.id, f"{f('id')!r} {msg_id!r} is not the confirmed id {sent.id}"),
-             (isinstance(ts, (int, float)) and not isinstance(ts, bool), f"{f('ts')!r} {ts!r} is not a number"),
+             (not _ts_problem(profile, ts, f("ts")), _ts_problem(profile, ts, f("ts"))),
              (m[f("sender_id")] not in (None, ""), f"{f('sender_id')!r} is empty")]
     return [why for good, why in wrong if not good]

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import gevent
 import requests
 
-from roombench.check.client import CheckClient, Failed, Sent, Skipped, is_id, message_problems
+from roombench.check.client import CheckClient, Failed, Sent, Skipped, id_ok, message_problems
 from roombench.exceptions import BackfillError, ConnectFailed
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
@@ -98,7 +98,7 @@ class _Check:
         self.clients: list[CheckClient] = []
         self.sent: list[Sent] = []  # every message sent, in send order
         self.rest: BackfillClient | None = None
-        self.gap_after = 0  # the newest id client A had seen when it was dropped
+        self.gap_after: Any = 0  # the newest id client A had seen when it was dropped
         self.missed: list[str] = []  # temp_ids sent while A was away
         self.f = profile.field
         self.ev = profile.event
@@ -277,9 +277,14 @@ class _Check:
                 raise Skipped("not checked: an earlier message was not confirmed")
             self.send(client)
         ids = [m.id for m in self.sent if m.id is not None]  # all of them: each send was confirmed
+        if self.profile.opaque_ids:  # never compared by value: distinct is all one can ask
+            if len(set(map(repr, ids))) < len(ids):
+                raise Failed(f"ids in send order are {ids}: some id was given twice")
+            return f"opaque ids, all distinct: {ids}"
         for n in range(1, len(ids)):
             if ids[n] <= ids[n - 1]:
-                raise Failed(f"ids in send order are {ids}: message {n + 1} got {ids[n]}, not more than {ids[n - 1]}")
+                raise Failed(f"ids in send order are {ids}: message {n + 1} got {ids[n]}, not more than {ids[n - 1]} "
+                             "(profile: id_order = \"opaque\" if the server's ids have no numeric order)")
         return f"ids in send order (each sent after the previous one was confirmed): {ids}"
 
     def typing(self) -> str:
@@ -316,7 +321,7 @@ class _Check:
 
     # -- REST backfill ----------------------------------------------------------------
 
-    def page(self, after: int, limit: int) -> list[dict[str, Any]]:
+    def page(self, after: Any, limit: int) -> list[dict[str, Any]]:
         """One backfill page of the room, else FAIL with a hint at the profile's backfill keys."""
         if self.rest is None:
             self.rest = BackfillClient(self.urls[-1], self.profile, self.token)
@@ -326,14 +331,28 @@ class _Check:
         except BackfillError as exc:
             p, why = self.profile, str(exc)
             hint = (f" (profile: [backfill] url = {p.backfill_url!r})" if "HTTP 404" in why or "HTTP 405" in why else
-                    f" (profile: [backfill] key = {p.backfill_key or ''!r}; \"\" means a bare list)"
-                    if "expected a list" in why else " (does the server need --token?)" if "HTTP 401" in why else "")
+                    f" (profile: [backfill] key = {p.backfill_key or ''!r}; \"\" means a bare list, "
+                    "\"data.items\" a nested one)" if "expected a list" in why else self.auth_hint()
+                    if "HTTP 401" in why or "HTTP 403" in why else "")
             raise Failed(why + hint) from None
 
-    def in_order(self, items: list[dict[str, Any]], what: str) -> list[int]:
-        """The ids of ``items``; FAIL unless they are positive integers in increasing order."""
+    def auth_hint(self) -> str:
+        """Which profile keys say how the backfill carries the token."""
+        if not self.token:
+            return " (does the server need --token?)"
+        p = self.profile
+        return (f" (profile: [backfill] auth = {p.backfill_auth!r}, auth_name = {p.backfill_auth_name!r}, "
+                f"auth_value = {p.backfill_auth_value!r})")
+
+    def in_order(self, items: list[dict[str, Any]], what: str) -> list[Any]:
+        """The ids of ``items``; FAIL unless they are positive integers in increasing order
+        (opaque ids: valid and distinct, the server's order being the order)."""
         raw = [m.get(self.f("id")) for m in items]
-        ids = [i for i in raw if is_id(i)]
+        if self.profile.opaque_ids:
+            if not all(id_ok(self.profile, i) for i in raw) or len(set(map(repr, raw))) < len(raw):
+                raise Failed(f"{what} returned ids {raw}: not distinct strings or numbers")
+            return raw
+        ids = [i for i in raw if id_ok(self.profile, i)]
         if len(ids) < len(raw) or any(b <= a for a, b in zip(ids, ids[1:])):
             raise Failed(f"{what} returned ids {raw}: not positive integers in increasing order")
         return ids
@@ -342,39 +361,51 @@ class _Check:
         confirmed = [n for n, m in enumerate(self.sent) if m.id is not None]
         if not confirmed:
             raise Skipped("not checked: no message was confirmed")
-        items = self.page(0, self.profile.backfill_limit)
-        ids = self.in_order(items, "after=0")
+        start = self.profile.no_id
+        items = self.page(start, self.profile.backfill_limit)
+        ids = self.in_order(items, f"after={start}")
         by_temp = {m.get(self.f("temp_id")): m for m in items}
         for n in confirmed:
             m = by_temp.get(self.sent[n].temp_id)
             if m is None:
-                raise Failed(f"after=0 returned {len(items)} message(s) without {self.sent[n].temp_id!r} (ids {ids})")
+                raise Failed(f"after={start} returned {len(items)} message(s) without {self.sent[n].temp_id!r} (ids {ids})")
             wrong = message_problems(self.profile, m, self.room, self.sent[n])
             if wrong:
                 raise Failed(f"backfilled message {self.sent[n].temp_id!r}: {'; '.join(wrong)}")
         if len(confirmed) < 3:
-            return f"after=0 returned the {len(confirmed)} messages in id order (too few to check after/limit)"
+            return f"after={start} returned the {len(confirmed)} messages in id order (too few to check after/limit)"
         # the first three sent: a send step skips once a message was not confirmed, so these are confirmed
         first, *want = [m.id for m in self.sent[:3] if m.id is not None]
         got = self.in_order(self.page(first, 2), f"after={first}&limit=2")
         if got != want:
             raise Failed(f"after={first}&limit=2 returned ids {got}, expected {want}")
-        return f"after=0: all {len(items)} messages in id order, every field; after={first}&limit=2: ids {got}"
+        return f"after={start}: all {len(items)} messages in id order, every field; after={first}&limit=2: ids {got}"
 
     def backfill_auth(self) -> str:
         if not self.token:
             raise Skipped("no --token given: nothing to refuse")
+        return self.backfill_auth_refused()
+
+    def backfill_auth_refused(self) -> str:
+        """A backfill with a wrong token, placed where the profile's ``[backfill] auth`` says."""
+        p = self.profile
+        if p.backfill_auth == "none":
+            raise Skipped("the profile says the backfill takes no token ([backfill] auth = \"none\")")
         parts = urlsplit(self.urls[0])
-        path = self.profile.backfill_url.format(channel_id=quote(self.room, safe=""), after=0, limit=1)
+        path = p.backfill_url.format(channel_id=quote(self.room, safe=""), after=p.no_id, limit=1, cursor="")
+        headers, params = p.backfill_credentials(f"wrong-{self.token}")
+        where = f"{p.backfill_auth_name} {p.backfill_auth}"
         try:
             resp = requests.get(f"{parts.scheme}://{parts.netloc}{path}", timeout=max(0.1, self.left()),
-                                headers={"Authorization": f"Bearer wrong-{self.token}"})
+                                headers=headers, params=params)
         except requests.RequestException as exc:
             raise Failed(f"backfill request with a wrong token failed: {type(exc).__name__}") from None
         if resp.status_code in (401, 403):
-            return f"HTTP {resp.status_code} for a wrong Bearer token"
-        hint = f" (profile: [backfill] url = {self.profile.backfill_url!r})" if resp.status_code == 404 else ""
-        raise Failed(f"HTTP {resp.status_code} for a wrong Bearer token; expected 401 or 403{hint}")
+            return f"HTTP {resp.status_code} for a wrong token ({where})"
+        hint = (f" (profile: [backfill] url = {p.backfill_url!r})" if resp.status_code == 404 else
+                f" (profile: [backfill] auth, auth_name = {p.backfill_auth_name!r}: is that where the server "
+                "reads the token?)" if resp.status_code == 200 else "")
+        raise Failed(f"HTTP {resp.status_code} for a wrong token ({where}); expected 401 or 403{hint}")
 
     # -- drop, reconnect, catch up ----------------------------------------------------
 
@@ -383,7 +414,9 @@ class _Check:
         if any(m.id is None for m in self.sent):
             raise Skipped("not checked: an earlier message was not confirmed")
         seen = [d.get(self.f("id")) for ev, d in a.inbox if ev == self.ev("new_message") and isinstance(d, dict)]
-        self.gap_after = max([i for i in seen if is_id(i)], default=0)
+        valid = [i for i in seen if id_ok(self.profile, i)]
+        # opaque ids: the last one received is the newest (the lesson's lastMessageId)
+        self.gap_after = (valid[-1] if valid else "") if self.profile.opaque_ids else max(valid, default=0)
         t0 = _now()
         a.transport.drop()
         if not a.lost.wait(self.left()):
@@ -406,7 +439,7 @@ class _Check:
     def catch_up(self) -> str:
         items = self.page(self.gap_after, self.profile.backfill_limit)
         ids = self.in_order(items, f"after={self.gap_after}")
-        if ids and ids[0] <= self.gap_after:
+        if (self.gap_after in ids) if self.profile.opaque_ids else (ids and ids[0] <= self.gap_after):
             raise Failed(f"after={self.gap_after} returned ids {ids}: after is not honoured")
         temps = [m.get(self.f("temp_id")) for m in items]
         missing = [t for t in self.missed if t not in temps]

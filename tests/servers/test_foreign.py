@@ -86,3 +86,22 @@ def test_run_with_drops_loses_nothing_and_times_typing_and_reads(foreign: Server
     summary = Metrics.decode(report["metrics"]).summary()
     assert summary["typing"]["count"] > 0 and summary["read_receipt"]["count"] > 0
     assert "malformed_message" not in report["errors"] and "backfill_error" not in report["errors"]
+
+
+def test_check_passes_the_foreign_server_with_its_profile(foreign: ServerProcess) -> None:
+    from roombench.check.points import check
+
+    results = check(foreign.url, load_profile("foreign-example"), REF_TOKEN)
+    assert [r.name for r in results if r.status != "PASS"] == [], results
+
+
+def test_check_names_the_profile_key_to_change(foreign: ServerProcess) -> None:
+    from roombench.check.points import check
+
+    profile = load_profile("foreign-example")
+    by_name = {r.name: r for r in check(foreign.url, replace(profile, id_order="int"), REF_TOKEN)}
+    assert by_name["confirm"].status == "FAIL" and 'id_order = "opaque"' in by_name["confirm"].detail
+    bearer = replace(profile, backfill_auth_name="Authorization", backfill_auth_value="Bearer {token}")
+    by_name = {r.name: r for r in check(foreign.url, bearer, REF_TOKEN)}
+    assert by_name["backfill"].status == "FAIL" and "[backfill] auth" in by_name["backfill"].detail
+    assert by_name["backfill_auth"].status == "PASS"  # a wrong token is refused either way

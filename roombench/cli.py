@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from roombench.exceptions import RoombenchError, UsageError
-from roombench.wire.profile import DEFAULT_PROFILE, ack_follows_profile, load_profile
+from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
 
 _PROFILE_HELP = ("profile TOML naming the server's events, fields, path, namespace, token placement and backfill "
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="lean for a Socket.IO server (default), ws for the plain WebSocket envelope")
     c.add_argument("--timeout", type=float, default=3.0,
                    help="seconds each contract point may take (default 3; the whole check at most 5 times that)")
+    c.add_argument("--suggest-profile", action="store_true",
+                   help="send one message and print a profile whose field names match what came back "
+                   "(event names from --profile, else the contract's)")
 
     w = sub.add_parser("sweep", help="server variants x load steps from a TOML file -> results/<run-id>/")
     w.add_argument("file", type=Path, help="sweep file, e.g. bench/smoke.toml")
@@ -130,9 +133,23 @@ def _check(args: argparse.Namespace) -> int:
         check_url(url.strip())  # a malformed URL is a usage error, not a failed check
     if not args.timeout > 0:
         raise UsageError("--timeout must be > 0 seconds")
+    if args.suggest_profile:
+        return _suggest(args, profile)
     results = check(args.url, profile, args.token, args.timeout, args.transport)
     print(format_results(results, args.url, profile), flush=True)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _suggest(args: argparse.Namespace, profile: Profile) -> int:
+    from roombench.check.client import Failed
+    from roombench.check.suggest import suggest, to_toml
+
+    try:
+        print(to_toml(suggest(args.url, profile, args.token, args.timeout, args.transport)), end="", flush=True)
+    except Failed as exc:
+        print(f"roombench check --suggest-profile: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from roombench.chat.backfill import BackfillClient
 from roombench.chat.rooms import RoomRegistry, rooms_for
 from roombench.chat.scenario import Scenario
 from roombench.chat.session import ChatSession
+from roombench.chat.signals import SentSignals
 
 logger = logging.getLogger("roombench")
 
@@ -53,8 +54,9 @@ class Generator:
         self.errors: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
         self.counters: Counter[str] = Counter()
-        self.typing_sent: dict[tuple[Any, ...], float] = {}
-        self.read_sent: dict[tuple[Any, ...], float] = {}
+        # a signal older than an ack may take is as good as lost: its entry goes (counted)
+        self.typing_sent = SentSignals(scenario.ack_timeout, self.counters, "typing_expired")
+        self.read_sent = SentSignals(scenario.ack_timeout, self.counters, "read_receipts_expired")
         self.sessions: dict[int, ChatSession] = {}
         self.stopping = False
         self.finished = False

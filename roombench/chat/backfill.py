@@ -10,7 +10,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 import requests
 
-from roombench.exceptions import BackfillError
+from roombench.exceptions import BackfillError, BackfillShapeError
 from roombench.wire.profile import Profile
 
 
@@ -42,7 +42,7 @@ class BackfillClient:
         except requests.RequestException as exc:
             raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
         if resp.status_code != 200:
-            raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}")
+            raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code)
         try:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
@@ -50,7 +50,7 @@ class BackfillClient:
         key = self.profile.backfill_key
         items = body.get(key) if key and isinstance(body, dict) else body
         if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
-            raise BackfillError(f"backfill {url} returned {type(body).__name__}, expected a list of messages")
+            raise BackfillShapeError(f"backfill {url} returned {type(body).__name__}, expected a list of messages")
         return items
 
     def after(self, channel: str, after: int, deadline: float) -> list[dict[str, Any]]:

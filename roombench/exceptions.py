@@ -4,11 +4,17 @@
     ├── UsageError          bad option, SLO expression, profile or sweep file (exit 2)
     ├── TransportError      the connection could not be made or broke
     │   ├── ConnectFailed   refused / wrong URL / handshake or Socket.IO connect error
+    │   │   ├── ConnectTimeout      no answer in time (``stage``: "handshake" or "session")
+    │   │   └── HandshakeFailed     the WebSocket upgrade failed (``status``: HTTP status or None)
     │   └── ProtocolError   a frame or packet we cannot parse
-    ├── BackfillError       the REST backfill answered 4xx/5xx or malformed JSON
+    ├── BackfillError       the REST backfill answered 4xx/5xx or malformed JSON (``status``)
+    │   └── BackfillShapeError  JSON, but not a list of messages where the profile says
+    ├── ReportError         a process report of an unknown schema, or none to merge
+    │   └── ReportMismatch  reports of different runs (scenario, profile, target) merged
     └── ServerError         a server variant would not start or never became ready
 
 Messages name the culprit and what to do, so the CLI can print one line and exit.
+Callers decide on types and fields, never on message text.
 """
 
 from __future__ import annotations
@@ -30,12 +36,46 @@ class ConnectFailed(TransportError):
     """Connecting failed: refused, bad URL, failed handshake, or a Socket.IO connect error."""
 
 
+class ConnectTimeout(ConnectFailed):
+    """No answer in time: ``stage`` "handshake" (TCP connect / WebSocket upgrade) or
+    "session" (the Socket.IO or plain session connect after the upgrade)."""
+
+    def __init__(self, message: str, stage: str = "handshake") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class HandshakeFailed(ConnectFailed):
+    """The WebSocket upgrade failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ProtocolError(TransportError):
     """A frame or packet from the server could not be parsed."""
 
 
 class BackfillError(RoombenchError):
-    """The REST backfill endpoint answered with an error status or malformed data."""
+    """The REST backfill endpoint answered with an error status or malformed data;
+    ``status`` is the HTTP status of an error answer (None: no answer, or bad data)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BackfillShapeError(BackfillError):
+    """The backfill answered JSON, but not a list of messages under the profile's key."""
+
+
+class ReportError(RoombenchError):
+    """A process report that cannot be read (unknown schema) or merged (none given)."""
+
+
+class ReportMismatch(ReportError):
+    """Process reports of different runs: their scenario, profile or target differ."""
 
 
 class ServerError(RoombenchError):

@@ -3,7 +3,8 @@
 The ledger, the histograms, room membership and the typing / read-receipt send times
 live here, once per process; sessions reach them through ``session.gen``. At the end
 ``finish`` stops the senders, drains what is in flight, reconciles what is still
-missing over REST, and closes every session; ``report`` is the mergeable result.
+missing over REST, and closes every session; ``report`` is the typed, mergeable result
+(:class:`~roombench.measure.report.ProcessReport`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from typing import Any
 import gevent
 import gevent.pool
 import numpy as np
-from hdrh.histogram import HdrHistogram
 
 from roombench.exceptions import BackfillError
-from roombench.chat.ledger import Ledger, LedgerCounts
-from roombench.measure.metrics import Metrics, add_histogram, add_values, new_histogram, percentiles, to_micros
+from roombench.chat.ledger import Ledger
+from roombench.measure.metrics import Metrics, add_values, new_histogram, to_micros
+from roombench.measure.report import ProcessReport
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
 from roombench.chat.rooms import RoomRegistry, rooms_for
 from roombench.chat.scenario import Scenario
 from roombench.chat.session import ChatSession
+from roombench.chat.signals import SentSignals
 
 logger = logging.getLogger("roombench")
 
@@ -53,8 +55,9 @@ class Generator:
         self.errors: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
         self.counters: Counter[str] = Counter()
-        self.typing_sent: dict[tuple[Any, ...], float] = {}
-        self.read_sent: dict[tuple[Any, ...], float] = {}
+        # a signal older than an ack may take is as good as lost: its entry goes (counted)
+        self.typing_sent = SentSignals(scenario.ack_timeout, self.counters, "typing_expired")
+        self.read_sent = SentSignals(scenario.ack_timeout, self.counters, "read_receipts_expired")
         self.sessions: dict[int, ChatSession] = {}
         self.stopping = False
         self.finished = False
@@ -166,59 +169,22 @@ class Generator:
 
     # -- results ---------------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
-        """This process's mergeable result (see :func:`merge_reports`)."""
+    def report(self) -> ProcessReport:
+        """This process's result (workers ship its ``to_json()``; see ProcessReport.merge)."""
         t1 = self._t1 if self._t1 is not None else time.perf_counter()
         cpu1 = self._cpu1 if self._cpu1 is not None else time.process_time()
-        self.metrics.flush()
         lag = new_histogram()
         add_values(lag, to_micros(np.array(self._lag, dtype=np.float64)))
-        return {
-            "loop_lag": lag.encode().decode("ascii"),
-            "metrics": self.metrics.encode(),
-            "ledger": self.ledger.counts().to_dict(),
-            "errors": dict(self.errors),
-            "error_samples": dict(self.error_samples),
-            "counters": dict(self.counters),
-            "users": len(self.sessions),
-            "started": self.started,
-            "wall_s": t1 - self._t0,
-            "cpu_s": cpu1 - self._cpu0,
-        }
+        metrics = Metrics()
+        metrics.merge(self.metrics)  # a copy: the report must not change as this process goes on
+        return ProcessReport(
+            target=self.host, scenario=self.scenario.to_dict(), profile=self.profile.to_dict(), metrics=metrics,
+            loop_lag=lag, ledger=self.ledger.counts(), errors=Counter(self.errors),
+            error_samples=dict(self.error_samples), counters=Counter(self.counters), users=len(self.sessions),
+            started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0)
 
 
-def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine process reports: histograms merged, counters added, CPU summed."""
-    metrics = Metrics()
-    counts = LedgerCounts()
-    errors: Counter[str] = Counter()
-    counters: Counter[str] = Counter()
-    samples: dict[str, str] = {}
-    lag = new_histogram()
-    for r in reports:
-        add_histogram(lag, HdrHistogram.decode(r["loop_lag"]))
-        metrics.merge(Metrics.decode(r["metrics"]))
-        counts = counts + LedgerCounts.from_dict(r["ledger"])
-        errors.update(r["errors"])
-        counters.update(r["counters"])
-        samples = {**r["error_samples"], **samples}
-    return {
-        "metrics": metrics,
-        "ledger": counts,
-        "errors": dict(errors),
-        "error_samples": samples,
-        "counters": dict(counters),
-        "users": sum(r["users"] for r in reports),
-        "started": min((r["started"] for r in reports), default=time.time()),
-        "wall_s": max((r["wall_s"] for r in reports), default=0.0),
-        "cpu_s": sum(r["cpu_s"] for r in reports),
-        "processes": len(reports),
-        "cpu_max_fraction": max((r["cpu_s"] / max(r["wall_s"], 1e-9) for r in reports), default=0.0),
-        "loop_lag_p99_ms": percentiles(lag, [99.0])[99.0] / 1000.0 if lag.total_count else 0.0,
-    }
-
-
-def run_for(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> dict[str, Any]:
+def run_report(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> ProcessReport:
     """Connect ``users`` sessions, then run them ``duration`` seconds without Locust, finish, report.
 
     For tests, probes and benchmarks that need the generator but not Locust's runner.
@@ -235,3 +201,8 @@ def run_for(gen: Generator, users: int, duration: float, spawn_rate: float = 100
     gen.finish()
     gevent.killall(greenlets, timeout=5)
     return gen.report()
+
+
+def run_for(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> dict[str, Any]:
+    """:func:`run_report`, as the JSON form a worker ships (plain dicts: ``["ledger"]["sent"]``)."""
+    return run_report(gen, users, duration, spawn_rate).to_json()

@@ -129,7 +129,7 @@ def test_overloaded_generator_flags_itself(ref_server: Any) -> None:
 
     import gevent
 
-    from roombench.generator import merge_reports
+    from roombench.generator import run_report
     from roombench.measure.summary import saturation
 
     gen = Generator(ref_server.url, replace(FAST, room_size=2))
@@ -142,17 +142,17 @@ def test_overloaded_generator_flags_itself(ref_server: Any) -> None:
             gevent.sleep(0.001)
 
     gevent.spawn(hog)
-    merged = merge_reports([run_for(gen, 2, 1.5)])
-    assert merged["loop_lag_p99_ms"] > 100
+    merged = run_report(gen, 2, 1.5)
+    assert merged.loop_lag_p99_ms > 100
     reasons = saturation(merged)
     assert any("event-loop lag" in why for why in reasons)  # CPU share depends on the neighbours
 
 
 def test_idle_generator_is_not_saturated(ref_server: Any) -> None:
-    from roombench.generator import merge_reports
+    from roombench.generator import run_report
 
-    merged = merge_reports([run(ref_server.url, replace(FAST, rate=1.0, room_size=2), users=2, duration=1.5)])
-    assert merged["loop_lag_p99_ms"] < 20
+    merged = run_report(Generator(ref_server.url, replace(FAST, rate=1.0, room_size=2)), 2, 1.5)
+    assert merged.loop_lag_p99_ms < 20
 
 
 def test_backfill_percent_encodes_the_channel(ref_server: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from roombench.measure.metrics import Metrics, percentiles
 from roombench.measure.summary import load_summary
@@ -114,28 +114,66 @@ def _spread(values: list[float | None]) -> tuple[float, float] | None:
     return (min(vals), max(vals)) if vals else None
 
 
-def compare(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[str]:
-    """'x faster/slower than <baseline>' only where the repeats' ranges do not overlap."""
+Verdict = Literal["faster", "slower", "not significant", "no data"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One variant against the baseline at one step, decided before anything renders it.
+
+    ``ratio`` (> 1) says how many times faster or slower, None unless significant.
+    """
+
+    variant: str
+    baseline: str
+    metric: str
+    stat: str
+    verdict: Verdict
+    ratio: float | None
+    why: str
+
+    def line(self) -> str:
+        """The report.md line."""
+        head = f"{self.variant} vs {self.baseline}: {self.metric} {self.stat}"
+        if self.verdict == "no data":
+            return f"{head}: no data"
+        if self.ratio is not None:
+            return f"{head} {self.ratio:.2f}x {self.verdict}"
+        return f"{head} {self.verdict} ({self.why})"
+
+
+def decide(baseline: list[float | None], other: list[float | None]) -> tuple[Verdict, float | None, str]:
+    """(verdict, ratio, why) for lower-is-better values of two variants' repeats: faster
+    or slower only where the repeats' ranges do not overlap (as pyperf says "not significant")."""
+    b, o = _spread(baseline), _spread(other)
+    if b is None or o is None:
+        return "no data", None, "a variant has no samples"
+    if len(other) < 2 or len(baseline) < 2:
+        return "not significant", None, "needs repeats >= 2 to know the spread"
+    if o[0] > b[1]:
+        return "slower", o[0] / max(b[1], 1e-9), "every repeat above the baseline's"
+    if o[1] < b[0]:
+        return "faster", b[0] / max(o[1], 1e-9), "every repeat below the baseline's"
+    return "not significant", None, "ranges overlap"
+
+
+def comparisons(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[Comparison]:
+    """Every variant that ran ``step`` against the first one listed that did."""
     with_data = [v for v in sw.variants if sw.at(v, step)]
     if len(with_data) < 2:
         return []
-    base = with_data[0]  # the first variant listed that ran this step
-    b = _spread([r.p(metric, stat) for r in sw.at(base, step)])
-    lines = []
+    base = with_data[0]
+    base_values = [r.p(metric, stat) for r in sw.at(base, step)]
+    out = []
     for v in with_data[1:]:
-        runs = sw.at(v, step)
-        o = _spread([r.p(metric, stat) for r in runs])
-        if b is None or o is None:
-            lines.append(f"{v} vs {base}: {metric} {stat}: no data")
-        elif len(runs) < 2 or len(sw.at(base, step)) < 2:
-            lines.append(f"{v} vs {base}: {metric} {stat} not significant (needs repeats >= 2 to know the spread)")
-        elif o[0] > b[1]:
-            lines.append(f"{v} vs {base}: {metric} {stat} {o[0] / max(b[1], 1e-9):.2f}x slower")
-        elif o[1] < b[0]:
-            lines.append(f"{v} vs {base}: {metric} {stat} {b[0] / max(o[1], 1e-9):.2f}x faster")
-        else:
-            lines.append(f"{v} vs {base}: {metric} {stat} not significant (ranges overlap)")
-    return lines
+        verdict, ratio, why = decide(base_values, [r.p(metric, stat) for r in sw.at(v, step)])
+        out.append(Comparison(v, base, metric, stat, verdict, ratio, why))
+    return out
+
+
+def compare(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[str]:
+    """'x faster/slower than <baseline>' only where the repeats' ranges do not overlap."""
+    return [c.line() for c in comparisons(sw, step, metric, stat)]
 
 
 def _cell(values: list[float | None]) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import orjson
 import requests
 
-from roombench.exceptions import BackfillError
+from roombench.exceptions import BackfillError, BackfillShapeError
 from roombench.wire.profile import Profile
 
 #: most pages one ``after`` call fetches: a server whose cursor never ends cannot hang us
@@ -68,7 +68,7 @@ class BackfillClient:
         except requests.RequestException as exc:
             raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
         if resp.status_code != 200:
-            raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}")
+            raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code)
         try:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
@@ -77,7 +77,7 @@ class BackfillClient:
         items = dotted(body, key) if key else body
         if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
             where = f" at {key!r}" if key else ""
-            raise BackfillError(f"backfill {url} returned {type(body).__name__}{where}, expected a list of messages "
+            raise BackfillShapeError(f"backfill {url} returned {type(body).__name__}{where}, expected a list of messages "
                                 "(profile key [backfill] key)")
         nxt = dotted(body, self.profile.backfill_next) if self.profile.backfill_next else None
         return items, nxt

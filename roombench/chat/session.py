@@ -14,19 +14,17 @@ from __future__ import annotations
 import functools
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
 
-from roombench.exceptions import BackfillError, ConnectFailed
+from roombench.chat.context import SessionContext
 from roombench.chat.schedule import OpenLoop, RandomEvery
+from roombench.chat.signals import SentSignals
+from roombench.exceptions import BackfillError, ConnectFailed
 from roombench.transport.base import ReconnectPolicy
-
 from roombench.transport.registry import make_transport
-
-if TYPE_CHECKING:
-    from roombench.generator import Generator
 
 now = time.perf_counter
 
@@ -57,7 +55,7 @@ class ChatSession:
                  "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
                  "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport")
 
-    def __init__(self, gen: Generator, user_no: int) -> None:
+    def __init__(self, gen: SessionContext, user_no: int) -> None:
         self.gen = gen
         self.no = user_no
         sc, p = gen.scenario, gen.profile
@@ -186,7 +184,7 @@ class ChatSession:
         sc = gen.scenario
         if sc.typing_every and k % sc.typing_every == 0:
             if self.server_id is not None:  # else no receiver could tell it is ours
-                gen.typing_sent[(room, self.server_id)] = intended
+                gen.typing_sent.sent((room, self.server_id), intended, len(gen.registry.members(room)) - 1)
             self.transport.emit(self._ev_typing, {self._f_channel: room})
         temp_id = gen.ledger.new_temp_id()
         gen.ledger.on_sent(temp_id, room, self.no, gen.registry.members(room), intended)
@@ -204,7 +202,7 @@ class ChatSession:
         if sc.read_every and k % sc.read_every == sc.read_every - 1 and room in self.last_id:
             msg_id = self.last_id[room]
             if self.server_id is not None:
-                gen.read_sent[(room, self.server_id, msg_id)] = now()
+                gen.read_sent.sent((room, self.server_id, msg_id), now(), len(gen.registry.members(room)) - 1)
             self.transport.emit(self._ev_read, {self._f_ch: room, self._f_msg: msg_id})
 
     def drop(self) -> None:
@@ -313,14 +311,16 @@ class ChatSession:
         if self._window:
             self._fill()
 
-    def _on_signal(self, sent: dict[Any, float], metric: str, data: Any, keys: tuple[str, ...]) -> None:
+    def _on_signal(self, sent: SentSignals, metric: str, data: Any, keys: tuple[str, ...]) -> None:
         try:
             key = tuple(data[k] for k in keys)
         except (TypeError, KeyError):
             self.gen.error("malformed_" + metric, f"missing fields in {data!r:.80}")
             return
-        t0 = sent.get(key)
-        if t0 is not None and key[1] != self.server_id:  # the actor's own copy is no delivery
+        if key[1] == self.server_id:  # the actor's own copy is no delivery
+            return
+        t0 = sent.received(key)
+        if t0 is not None:
             self.gen.metrics.record(metric, now() - t0)
 
     # -- connection lifecycle (inline) ------------------------------------------------

@@ -23,7 +23,8 @@ import gevent
 import requests
 
 from roombench.check.client import CheckClient, Failed, Sent, Skipped, id_ok, message_problems
-from roombench.exceptions import BackfillError, ConnectFailed
+from roombench.exceptions import BackfillError, BackfillShapeError, ConnectFailed, ConnectTimeout, HandshakeFailed
+from roombench.transport.framed import Refused
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
 
@@ -165,17 +166,18 @@ class _Check:
             try:
                 client.transport.connect()
             except ConnectFailed as exc:
-                raise Failed(f"client {label}: {exc}{self.connect_hint(str(exc))}") from None
+                raise Failed(f"client {label}: {exc}{self.connect_hint(exc)}") from None
             self.clients.append(client)
         return f"2 clients connected in {1000 * (_now() - t0):.0f} ms"
 
-    def connect_hint(self, why: str) -> str:
+    def connect_hint(self, exc: ConnectFailed) -> str:
+        """Which profile setting may explain this failure (decided on its type and fields)."""
         p = self.profile
-        if "refused the connection" in why:
+        if isinstance(exc, Refused):
             return f" (profile: token in {p.token_in})" if self.token else " (does the server need --token?)"
-        if "WebSocket handshake" in why:
+        if isinstance(exc, HandshakeFailed) or (isinstance(exc, ConnectTimeout) and exc.stage == "handshake"):
             return f" (profile: path {p.path}, token in {p.token_in})"
-        if "Socket.IO connect" in why:
+        if isinstance(exc, ConnectTimeout) and self.transport == "lean":  # the Socket.IO connect
             return f" (profile: namespace {p.namespace})"
         return ""
 
@@ -186,7 +188,7 @@ class _Check:
         try:
             client.transport.connect()
         except ConnectFailed as exc:
-            if "timed out" in str(exc):
+            if isinstance(exc, ConnectTimeout):
                 raise Failed(f"a wrong token was neither refused nor accepted: {exc}") from None
             return f"refused: {exc}"
         client.transport.close()
@@ -329,12 +331,12 @@ class _Check:
         try:
             return self.rest.page(self.room, after, limit)
         except BackfillError as exc:
-            p, why = self.profile, str(exc)
-            hint = (f" (profile: [backfill] url = {p.backfill_url!r})" if "HTTP 404" in why or "HTTP 405" in why else
+            p = self.profile
+            hint = (f" (profile: [backfill] url = {p.backfill_url!r})" if exc.status in (404, 405) else
                     f" (profile: [backfill] key = {p.backfill_key or ''!r}; \"\" means a bare list, "
-                    "\"data.items\" a nested one)" if "expected a list" in why else self.auth_hint()
-                    if "HTTP 401" in why or "HTTP 403" in why else "")
-            raise Failed(why + hint) from None
+                    "\"data.items\" a nested one)" if isinstance(exc, BackfillShapeError) else
+                    self.auth_hint() if exc.status in (401, 403) else "")
+            raise Failed(str(exc) + hint) from None
 
     def auth_hint(self) -> str:
         """Which profile keys say how the backfill carries the token."""

@@ -34,10 +34,11 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from roombench.exceptions import RoombenchError
-from roombench.generator import Generator, merge_reports
+from roombench.generator import Generator
 from roombench.measure.metrics import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
+from roombench.measure.report import ProcessReport
 from roombench.measure.summary import build_summary, write_json
 
 logger = logging.getLogger("roombench")
@@ -218,7 +219,7 @@ def _finish(environment: Environment, gen: Generator) -> dict[str, Any]:
     if _State.bridge_loop is not None and _State.bridge is not None:
         _State.bridge_loop.kill()
         _flush_stats(environment, gen, _State.bridge)
-    return gen.report()
+    return gen.report().to_json()
 
 
 def _write_summary(environment: Environment, reports: list[dict[str, Any]]) -> None:
@@ -226,6 +227,11 @@ def _write_summary(environment: Environment, reports: list[dict[str, Any]]) -> N
     if not out or not reports:
         return
     scenario, profile = _scenario_and_profile(environment)
-    summary = build_summary(merge_reports(reports), target=environment.host or "", scenario=scenario.to_dict(),
+    try:
+        merged = ProcessReport.merge([ProcessReport.from_json(r) for r in reports])
+    except RoombenchError as exc:  # e.g. a worker of another version or run: one line, no summary
+        logger.error("roombench: %s", exc)
+        return
+    summary = build_summary(merged, target=environment.host or "", scenario=scenario.to_dict(),
                             extra={"profile": profile.to_dict()})
     write_json(out, summary)

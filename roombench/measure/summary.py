@@ -21,6 +21,7 @@ import orjson
 from roombench.exceptions import UsageError
 from roombench.measure.machine import git_revision, versions
 from roombench.measure.metrics import METRICS
+from roombench.measure.report import ProcessReport
 
 SCHEMA = "roombench.summary/1"
 READABLE = (SCHEMA,)
@@ -89,51 +90,54 @@ SATURATED_LAG_P99_MS = 20.0
 SATURATED_CPU_FRACTION = 0.90
 
 
-def saturation(merged: dict[str, Any]) -> list[str]:
+def saturation(merged: ProcessReport) -> list[str]:
     """Why this run's numbers cannot be trusted (empty: they can)."""
     why = []
-    if merged["loop_lag_p99_ms"] > SATURATED_LAG_P99_MS:
-        why.append(f"event-loop lag p99 {merged['loop_lag_p99_ms']:.1f} ms > {SATURATED_LAG_P99_MS:g} ms")
-    if merged["cpu_max_fraction"] > SATURATED_CPU_FRACTION:
-        why.append(f"a generator process used {100 * merged['cpu_max_fraction']:.0f}% of a core "
+    lag_p99, cpu = merged.loop_lag_p99_ms, merged.cpu_max_fraction or 0.0
+    if lag_p99 > SATURATED_LAG_P99_MS:
+        why.append(f"event-loop lag p99 {lag_p99:.1f} ms > {SATURATED_LAG_P99_MS:g} ms")
+    if cpu > SATURATED_CPU_FRACTION:
+        why.append(f"a generator process used {100 * cpu:.0f}% of a core "
                    f"(> {100 * SATURATED_CPU_FRACTION:.0f}%)")
     return why
 
 
 
-def build_summary(merged: dict[str, Any], *, target: str, scenario: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The summary dict from merged process reports (see generator.merge_reports)."""
-    metrics = merged["metrics"]
-    wall = merged["wall_s"] or 1e-9
-    delivery = {**merged["ledger"].to_dict()}
+def build_summary(merged: ProcessReport, *, target: str, scenario: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary dict from the merged process reports (see ProcessReport.merge)."""
+    metrics = merged.metrics
+    wall = merged.wall_s or 1e-9
+    delivery = {**merged.ledger.to_dict()}
     for key in ("sends_skipped_offline", "forced_drops"):
-        delivery[key] = merged["counters"].get(key, 0)
+        delivery[key] = merged.counters.get(key, 0)
+    reasons = saturation(merged)
     return {
         "schema": SCHEMA,
         "metadata": {
-            "started": merged["started"],
+            "started": merged.started,
             "duration_s": round(wall, 3),
             "target": target,
             "scenario": scenario,
-            "users": merged["users"],
+            "users": merged.users,
             "versions": versions(),
             "git_revision": git_revision(),
             "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "generator": {
-                "processes": merged["processes"],
-                "cpu_s": round(merged["cpu_s"], 3),
-                "cpu_pct": round(100.0 * merged["cpu_s"] / wall, 1),
-                "loop_lag_p99_ms": round(merged["loop_lag_p99_ms"], 3),
-                "saturated": bool(saturation(merged)),
-                "saturation": saturation(merged),
+                "processes": merged.processes,
+                "cpu_s": round(merged.cpu_s, 3),
+                "cpu_pct": round(100.0 * merged.cpu_s / wall, 1),
+                "loop_lag_p99_ms": round(merged.loop_lag_p99_ms, 3),
+                "saturated": bool(reasons),
+                "saturation": reasons,
             },
             **(extra or {}),
         },
         "latency_ms": metrics.summary(),
         "delivery": delivery,
-        "errors": merged["errors"],
-        "error_samples": merged["error_samples"],
-        "counters": merged["counters"],
+        "errors": dict(merged.errors),
+        "error_samples": dict(merged.error_samples),
+        "counters": dict(merged.counters),
         "histograms": metrics.encode(),
         "slo": [],
     }

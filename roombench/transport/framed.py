@@ -31,7 +31,7 @@ from gevent.lock import Semaphore
 from roombench.transport import poller
 from roombench.wire import codec
 from roombench.transport.acks import SWEEPER, AckTable
-from roombench.exceptions import ConnectFailed, ProtocolError
+from roombench.exceptions import ConnectFailed, ConnectTimeout, ProtocolError
 from roombench.transport.handshake import Endpoint, connect_websocket
 from roombench.transport.poller import POLLER
 from roombench.transport.base import Transport
@@ -265,7 +265,8 @@ class FramedTransport(Transport):
                 except gevent.Timeout as exc:
                     if exc is not deadline:
                         raise
-                    raise ConnectFailed(f"timed out after {timeout:g} s during {stage} to {self.url}") from None
+                    raise ConnectTimeout(f"timed out after {timeout:g} s during {stage} to {self.url}",
+                                         "handshake" if sock is None else "session") from None
         except BaseException:
             if sock is not None:
                 sock.close()

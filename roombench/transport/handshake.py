@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 from gevent import socket as gsocket
 from gevent.monkey import get_original
 
-from roombench.exceptions import ConnectFailed
+from roombench.exceptions import ConnectFailed, ConnectTimeout, HandshakeFailed
 from roombench.wire.profile import Profile
 
 __all__ = ["Endpoint", "split_url", "connect_websocket"]
@@ -101,7 +101,8 @@ def _tcp(ep: Endpoint, timeout: float) -> Any:
     except OSError as exc:
         if sock is not None:
             sock.close()
-        raise ConnectFailed(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        kind = ConnectTimeout if isinstance(exc, TimeoutError) else ConnectFailed
+        raise kind(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
 def _secure(sock: Any, ep: Endpoint) -> Any:
@@ -163,7 +164,8 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
         status, reason, headers, rest = _read_answer(sock)
         if status != 101:
             sock.close()
-            raise ConnectFailed(f"WebSocket handshake with {ep.ws_url} refused: HTTP {status} {reason}".rstrip() + hint)
+            raise HandshakeFailed(f"WebSocket handshake with {ep.ws_url} refused: HTTP {status} {reason}".rstrip() + hint,
+                                  status)
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != accept:
             raise OSError("the server's Sec-WebSocket-Accept does not answer our key")
@@ -171,7 +173,8 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
         raise
     except OSError as exc:
         sock.close()
-        raise ConnectFailed(f"WebSocket handshake with {ep.ws_url} failed: {exc}{hint}") from None
+        kind = ConnectTimeout if isinstance(exc, TimeoutError) else HandshakeFailed
+        raise kind(f"WebSocket handshake with {ep.ws_url} failed: {exc}{hint}") from None
     except BaseException:  # a gevent.Timeout of the caller
         sock.close()
         raise

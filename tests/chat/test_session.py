@@ -64,3 +64,46 @@ def test_window_must_not_be_negative() -> None:
 
     with pytest.raises(UsageError, match="--window"):
         replace(CLOSED, window=-1).validate()
+
+
+def test_read_receipt_send_times_stay_bounded(ref_server: Any) -> None:
+    # every message followed by a read receipt: ~2,000/s at 20k users once grew the
+    # generator's table of receipt send times by one entry each, never removed
+    scenario = replace(CLOSED, rate=25.0, window=0, room_size=4, read_every=1)
+    gen = Generator(ref_server.url, scenario)
+    sizes: list[int] = []
+
+    def watch() -> None:
+        while not gen.stopping:
+            sizes.append(len(gen.read_sent))
+            gevent.sleep(0.05)
+
+    watcher = gevent.spawn(watch)
+    report = run_for(gen, 4, 2.5)
+    watcher.kill()
+    from roombench.measure.metrics import Metrics
+
+    copies = Metrics.decode(report["metrics"]).summary()["read_receipt"]["count"]
+    assert copies > 3 * 150  # receipts went out and each reached the 3 other members
+    # entries leave once every member has its copy: what is held is what is in flight
+    assert max(sizes) < 30, sizes[-10:]
+    assert report["errors"] == {}
+
+
+def test_signals_older_than_the_horizon_are_evicted_and_counted() -> None:
+    from collections import Counter
+
+    from roombench.chat.signals import SentSignals
+
+    counters: Counter[str] = Counter()
+    sent = SentSignals(horizon=1.0, counters=counters, expired_key="expired", cap=5)
+    sent.sent("a", 0.0, copies=2)
+    assert sent.received("a") == 0.0 and len(sent) == 1  # one copy still awaited
+    assert sent.received("a") == 0.0 and len(sent) == 0  # both came: gone
+    sent.sent("b", 0.0, copies=1)  # never answered
+    sent.sent("c", 0.5, copies=0)  # a room without other members: nothing to await
+    sent.sent("d", 1.5, copies=1)  # "b" is now older than the horizon
+    assert len(sent) == 1 and sent.received("b") is None and counters["expired"] == 1
+    for i in range(10):  # the cap holds whatever the horizon
+        sent.sent(i, 1.5, copies=1)
+    assert len(sent) == 5 and counters["expired"] == 7

@@ -198,3 +198,25 @@ def test_every_variant_starts_passes_check_and_stops(variant: str) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_hints_follow_the_exception_types_not_their_text() -> None:
+    from roombench.exceptions import ConnectTimeout, HandshakeFailed
+    from roombench.transport.framed import Refused
+
+    probe = _Check(f"http://127.0.0.1:{free_port()}", DEFAULT_PROFILE, "tok", 1.0, "lean")
+    assert "token in" in probe.connect_hint(Refused("go away"))
+    assert "path /socket.io/" in probe.connect_hint(HandshakeFailed("nope", 403))
+    assert "path" in probe.connect_hint(ConnectTimeout("slow", "handshake"))
+    assert "namespace /" in probe.connect_hint(ConnectTimeout("slow", "session"))
+    # a message that merely reads like one of them gets no hint
+    from roombench.exceptions import ConnectFailed
+
+    assert probe.connect_hint(ConnectFailed("WebSocket handshake refused the connection, timed out")) == ""
+
+
+@pytest.mark.parametrize("status,needle", [(404, "[backfill] url"), (401, "--token"), (500, "HTTP 500")])
+def test_backfill_hint_follows_the_status(server_factory: Any, status: int, needle: str) -> None:
+    server = server_factory(token=REF_TOKEN, faults={"backfill_status": status})
+    results = check(server.url, DEFAULT_PROFILE, REF_TOKEN, timeout=1.0)
+    assert needle in failed(results)["backfill"]

@@ -215,7 +215,7 @@ def test_hints_follow_the_exception_types_not_their_text() -> None:
     assert probe.connect_hint(ConnectFailed("WebSocket handshake refused the connection, timed out")) == ""
 
 
-@pytest.mark.parametrize("status,needle", [(404, "[backfill] url"), (401, "--token"), (500, "HTTP 500")])
+@pytest.mark.parametrize("status,needle", [(404, "[backfill] url"), (401, "[backfill] auth"), (500, "HTTP 500")])
 def test_backfill_hint_follows_the_status(server_factory: Any, status: int, needle: str) -> None:
     server = server_factory(token=REF_TOKEN, faults={"backfill_status": status})
     results = check(server.url, DEFAULT_PROFILE, REF_TOKEN, timeout=1.0)

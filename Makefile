@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/roombench run --users 20 --duration 10 --drop-every 5 --slo 'ack.p99<250' --slo 'lost==0'
 
 test: setup setup-servers
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 sweep: setup setup-servers

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from roombench.locust import locustfile
 from roombench.exceptions import RoombenchError, UsageError
-from roombench.transport.probe import preflight
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, load_profile
 from roombench.chat.scenario import Scenario
 from roombench.servers import ServerProcess, start_server
@@ -27,6 +25,10 @@ from roombench.measure.summary import apply_slos, format_table, load_summary, pa
 
 #: token the embedded server is started with when the user gives none
 EMBEDDED_TOKEN = "roombench"
+
+#: the locustfile the Locust child runs; by path, so importing this module (as plot and
+#: report do, through sweep) never imports Locust and its gevent monkey-patching
+LOCUSTFILE = str(Path(__file__).resolve().parent.parent / "locust" / "locustfile.py")
 
 
 @dataclass
@@ -82,7 +84,7 @@ def new_run_id() -> str:
 def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> list[str]:
     """The Locust child's command line."""
     cmd = [
-        sys.executable, "-m", "locust", "-f", str(Path(locustfile.__file__)), "--headless",
+        sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
         "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{math.ceil(opts.duration + scenario.warmup)}s",
         "--host", host, "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
         "--summary-out", str(out / "summary.json"),
@@ -114,6 +116,7 @@ def run(opts: RunOptions) -> int:
             host = server.url
         else:
             host = opts.host
+        from roombench.transport.probe import preflight  # gevent only when a run starts
         for one in host.split(","):
             preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
         summary = _run_locust(opts, host, out, scenario)

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from roombench.exceptions import UsageError
-
-Transport = Literal["lean", "compat", "ws"]
+from roombench.wire.profile import Transport
 
 
 @dataclass(frozen=True)

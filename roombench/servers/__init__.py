@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from roombench.exceptions import ServerError, UsageError
-from roombench.chat.scenario import Transport
+from roombench.wire.profile import Transport
 
 __all__ = ["VARIANTS", "Variant", "ServerProcess", "start_server", "start_external", "free_port"]
 

@@ -10,7 +10,7 @@ deterministically, so tests can prove that the generator's ledger notices.
 
 The wire names below are the contract's own names. The generator never spells them (it asks
 :mod:`roombench.wire.profile`); this module *is* the contract, so spelling them here is the point,
-and it shares no code with the generator (see DESIGN.md, "servers").
+and it shares no code with the generator (see docs/ARCHITECTURE.md, "servers/").
 """
 
 from __future__ import annotations

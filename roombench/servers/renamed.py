@@ -10,7 +10,7 @@ How: the reference handlers are registered on a :class:`RenamingServer`, an ``As
 that hands them the contract's names and puts the profile's names on the wire; the REST
 side rewrites the profile's backfill URL to the reference route and wraps the answer. The
 reference module itself is not touched. The profile is the one piece of roombench shared
-with the generator (DESIGN.md, "servers").
+with the generator (docs/ARCHITECTURE.md, "servers/").
 """
 
 from __future__ import annotations

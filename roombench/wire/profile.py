@@ -22,6 +22,8 @@ TokenIn = Literal["auth", "query", "header"]
 BackfillAuth = Literal["header", "query", "none"]
 IdOrder = Literal["int", "opaque"]
 TsUnit = Literal["s", "ms"]
+#: the client transports by name (roombench.transport.registry): lean and compat speak Socket.IO, ws a plain WebSocket envelope
+Transport = Literal["lean", "compat", "ws"]
 
 #: the value of ``--ack`` that means "whatever the profile's ack_mode says"
 ACK_FROM_PROFILE = "profile"

@@ -97,7 +97,8 @@ class LeanTransport(FramedTransport):
                                 _PARSED.clear()
                     else:  # hashing a big payload costs about what parsing it does
                         data = _loads(p[2:])
-                    if type(data) is list and data and data[0] in self._known:
+                    # the str check first: a list or dict as the name is unhashable (fuzz)
+                    if type(data) is list and data and type(data[0]) is str and data[0] in self._known:
                         self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
                         return
                 elif kind == 51:

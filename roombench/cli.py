@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--transport", choices=["lean", "ws"], default="lean",
                    help="lean for a Socket.IO server (default), ws for the plain WebSocket envelope")
     c.add_argument("--timeout", type=float, default=3.0,
-                   help="seconds each contract point may take (default 3; the whole check at most 5 times that)")
+                   help="seconds each contract point may take (default 3, at most 3600; the whole check at most 5 times that)")
 
     w = sub.add_parser("sweep", help="server variants x load steps from a TOML file -> results/<run-id>/")
     w.add_argument("file", type=Path, help="sweep file, e.g. bench/smoke.toml")
@@ -167,8 +167,8 @@ def _check(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
     for url in args.url.split(","):
         check_url(url.strip())  # a malformed URL is a usage error, not a failed check
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be > 0 seconds")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 3600):
+        raise UsageError(f"--timeout must be > 0 and at most 3600 seconds, got {args.timeout}")
     results = check(args.url, profile, args.token, args.timeout, args.transport)
     print(format_results(results, args.url, profile), flush=True)
     return 0 if all(r.ok for r in results) else 1
@@ -178,6 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
     from roombench.servers import VARIANTS
     from roombench.servers.__main__ import main as serve_main
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
     spec = VARIANTS[args.variant]
     if not spec.app_factory or spec.processes > 1 or spec.redis:
         return _serve_managed(args)

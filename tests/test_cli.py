@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,13 @@ def test_help_states_the_duration_bound(capsys: pytest.CaptureFixture[str]) -> N
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "7 days" in out and "604800" in out
+
+
+@pytest.mark.parametrize("argv", [["check", "http://127.0.0.1:1", "--timeout", "inf"],
+                                  ["check", "http://127.0.0.1:1", "--timeout", "nan"],
+                                  ["serve", "py", "--port", "70000"]])
+def test_check_and_serve_bounds(argv: list[str]) -> None:
+    # a child process: `check` monkey-patches with gevent, which must not happen in pytest's
+    res = subprocess.run([sys.executable, "-m", "roombench.cli", *argv], capture_output=True, text=True, timeout=60)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and ("--timeout" in err[0] or "--port" in err[0]), err

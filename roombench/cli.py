@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
-from roombench.chat.scenario import Scenario, add_arguments
+from roombench.chat.scenario import MAX_SECONDS, Scenario, add_arguments
 
 _PROFILE_HELP = ("profile TOML naming the server's events, fields, path, namespace, token placement and backfill "
                  "URL (a path, or a shipped profile's name: default, renamed-example); default: the contract's names")
 
 
+class _Parser(argparse.ArgumentParser):
+    """One error line and a pointer to --help instead of argparse's full usage block.
+    Subparsers inherit the class, so ``roombench run: error: ...`` names the verb."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roombench", description="Load generator and benchmark for real-time room servers.")
+    p = _Parser(prog="roombench", description="Load generator and benchmark for real-time room servers.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     r = sub.add_parser("run", help="one headless run (starts the embedded reference server unless --host)")
     r.add_argument("--host", help="server base URL, e.g. http://127.0.0.1:8000; several comma-separated URLs spread users over them (default: embedded reference server)")
-    r.add_argument("--users", type=int, default=20, help="simulated app sessions (default 20)")
-    r.add_argument("--spawn-rate", type=float, default=20.0, help="users started per second (default 20)")
+    r.add_argument("--users", type=int, default=20, help="simulated app sessions (default 20, at least 1)")
+    r.add_argument("--spawn-rate", type=float, default=20.0, help="users started per second (default 20, > 0)")
     r.add_argument("--processes", type=int, default=1,
-                   help="generator processes (Locust master + N workers); results are merged")
-    r.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")
-    r.add_argument("--out", type=Path, help="result folder (default results/<run-id>/)")
+                   help="generator processes (Locust master + N workers, at least 1); results are merged")
+    r.add_argument("--duration", type=float, default=10.0,
+                   help=f"seconds of sending (default 10; > 0 and at most {MAX_SECONDS:.0f} = 7 days)")
+    r.add_argument("--out", type=Path, help="result folder, created if missing (default results/<run-id>/)")
     r.add_argument("--slo", action="append", default=[], metavar="EXPR",
                    help="gate, repeatable: 'ack.p99<50' (ms), 'fanout.p999<=100', 'lost==0', 'errors==0'")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -40,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--transport", choices=["lean", "ws"], default="lean",
                    help="lean for a Socket.IO server (default), ws for the plain WebSocket envelope")
     c.add_argument("--timeout", type=float, default=3.0,
-                   help="seconds each contract point may take (default 3; the whole check at most 5 times that)")
+                   help="seconds each contract point may take (default 3, at most 3600; the whole check at most 5 times that)")
     c.add_argument("--suggest-profile", action="store_true",
                    help="send one message and print a profile whose field names match what came back "
                    "(event names from --profile, else the contract's)")
@@ -116,12 +127,40 @@ def _plot(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from roombench.bench.run import RunOptions, run
 
+    _check_run_options(args)
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
     args.ack = profile.ack_for(args.ack)
     opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, processes=args.processes, duration=args.duration,
                       out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet,
                       profile=profile)
     return run(opts)
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    """The run's own options, before anything starts (the scenario validates its own)."""
+    if args.users < 1:
+        raise UsageError(f"--users must be at least 1, got {args.users}")
+    if args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, got {args.processes}")
+    if not (math.isfinite(args.spawn_rate) and args.spawn_rate > 0):
+        raise UsageError(f"--spawn-rate must be a finite number > 0 users/s, got {args.spawn_rate}")
+    if not (math.isfinite(args.duration) and 0 < args.duration <= MAX_SECONDS):
+        raise UsageError(f"--duration must be > 0 and at most {MAX_SECONDS:.0f} seconds (7 days), got {args.duration}")
+    if args.out is not None:
+        _check_out_dir(args.out)
+
+
+def _check_out_dir(out: Path) -> None:
+    """--out must be a directory we can write: found now, not after the run. Creating it is
+    the only reliable test (os.access says yes to root under /proc)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is not a directory; give a result folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create that directory ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: directory is not writable")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -131,8 +170,8 @@ def _check(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
     for url in args.url.split(","):
         check_url(url.strip())  # a malformed URL is a usage error, not a failed check
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be > 0 seconds")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 3600):
+        raise UsageError(f"--timeout must be > 0 and at most 3600 seconds, got {args.timeout}")
     if args.suggest_profile:
         return _suggest(args, profile)
     results = check(args.url, profile, args.token, args.timeout, args.transport)
@@ -156,6 +195,8 @@ def _serve(args: argparse.Namespace) -> int:
     from roombench.servers import VARIANTS
     from roombench.servers.__main__ import main as serve_main
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
     spec = VARIANTS[args.variant]
     if not spec.app_factory or spec.processes > 1 or spec.redis:
         return _serve_managed(args)

@@ -27,6 +27,7 @@ redone: ``--resume DIR`` picks up an interrupted sweep where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import tomllib
 from pathlib import Path
@@ -35,36 +36,89 @@ from typing import Any
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.measure.machine import machine_info
 from roombench.bench.run import RunOptions, new_run_id, run
-from roombench.chat.scenario import Scenario
+from roombench.chat.scenario import MAX_SECONDS, Scenario
 from roombench.servers import VARIANTS, ServerProcess, start_external, start_server
 from roombench.measure.summary import load_summary, write_json
 
 RUN_SCHEMA = "roombench.run/1"
-_STEP_KEYS = {"users", "spawn_rate"} | {f.name for f in dataclasses.fields(Scenario)}
-_VARIANT_KEYS = {"name", "url", "command", "profile", "token", "stop_p99_ms", "ready_path"}
+_SCENARIO_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Scenario)}
+_STEP_TYPES: dict[str, type] = {"users": int, "spawn_rate": float, **_SCENARIO_TYPES}
+#: ready_path is refused, not ignored: readiness of a command variant is GET /healthz
+_VARIANT_TYPES: dict[str, type] = {"name": str, "url": str, "command": str, "profile": str, "token": str,
+                                   "stop_p99_ms": float}
+_TOP_TYPES: dict[str, type] = {"name": str, "duration": float, "warmup": float, "repeats": int,
+                               "defaults": dict, "variants": list, "steps": list}
+_URL_SCHEMES = ("http://", "https://", "ws://", "wss://")
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read and check a sweep file; UsageError names what is wrong."""
+    """Read and check a sweep file, every key's type and range, before anything starts;
+    UsageError names the file, the key and what was expected."""
     try:
-        spec = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        spec = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read sweep file {path}: {exc}") from None
+    _check_table(path, "", spec, _TOP_TYPES)
+    _check_range(path, "duration", spec.get("duration", 5.0), 0, MAX_SECONDS, low_open=True)
+    _check_range(path, "warmup", spec.get("warmup", 0.0), 0, MAX_SECONDS)
+    _check_range(path, "repeats", spec.get("repeats", 1), 1, 1000)
     variants, steps = spec.get("variants"), spec.get("steps")
     if not variants or not steps:
         raise UsageError(f"{path}: needs at least one [[variants]] and one [[steps]]")
-    for v in variants:
-        unknown = set(v) - _VARIANT_KEYS
-        if "name" not in v or unknown:
-            raise UsageError(f"{path}: variant {v.get('name', '?')!r} needs a name; unknown keys: {sorted(unknown)}")
-        if "url" not in v and "command" not in v and v["name"] not in VARIANTS:
-            raise UsageError(f"{path}: variant {v['name']!r} is not built in ({', '.join(VARIANTS)}): give url or command")
+    for i, v in enumerate(variants):
+        _check_variant(path, f"variants[{i}]", v)
     for i, step in enumerate([spec.get("defaults", {}), *steps]):
-        unknown = set(step) - _STEP_KEYS
-        if unknown:
-            raise UsageError(f"{path}: step {i} has unknown options {sorted(unknown)}")
-        _scenario(spec, step)  # validates values
+        where = "defaults" if i == 0 else f"steps[{i - 1}]"
+        _check_table(path, where + ".", step, _STEP_TYPES)
+        _check_range(path, where + ".users", step.get("users", 10), 1, 1_000_000)
+        _check_range(path, where + ".spawn_rate", step.get("spawn_rate", 100.0), 0, 1e6, low_open=True)
+        try:
+            _scenario(spec, step)  # the scenario's own ranges
+        except UsageError as exc:
+            raise UsageError(f"{path}: {where}: {exc}") from None
     return spec
+
+
+def _check_variant(path: str | Path, where: str, v: Any) -> None:
+    if not isinstance(v, dict):
+        raise UsageError(f"{path}: {where} must be a table ([[variants]]), got {type(v).__name__}")
+    _check_table(path, where + ".", v, _VARIANT_TYPES)
+    if "name" not in v:
+        raise UsageError(f"{path}: {where} needs a name")
+    if "url" in v and "command" in v:
+        raise UsageError(f"{path}: {where}.url and .command: give one of them, not both")
+    if "url" not in v and "command" not in v and v["name"] not in VARIANTS:
+        raise UsageError(f"{path}: variant {v['name']!r} is not built in ({', '.join(VARIANTS)}): give url or command")
+    if "url" in v and not all(u.strip().startswith(_URL_SCHEMES) for u in v["url"].split(",")):
+        raise UsageError(f"{path}: {where}.url must start with http://, https://, ws:// or wss://, got {v['url']!r}")
+    if "stop_p99_ms" in v:
+        _check_range(path, where + ".stop_p99_ms", v["stop_p99_ms"], 0, MAX_SECONDS * 1000, low_open=True)
+
+
+def _check_table(path: str | Path, where: str, table: Any, types: dict[str, type]) -> None:
+    """Every key known and of its type (an int is a fine float; a bool is no number)."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: {where.rstrip('.') or 'top level'} must be a table, got {type(table).__name__}")
+    for key, value in table.items():
+        want = types.get(key)
+        if want is None:
+            raise UsageError(f"{path}: unknown key {where}{key} (unknown options are refused; known: "
+                             f"{', '.join(sorted(types))})")
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+              else isinstance(value, want) and not (want is int and isinstance(value, bool)))
+        if not ok:
+            raise UsageError(f"{path}: {where}{key} must be {_TYPE_NAMES.get(want, want.__name__)}, got {value!r}")
+        if want is list and not all(isinstance(item, dict) for item in value):
+            raise UsageError(f"{path}: {where}{key} must be a list of tables ([[{key}]]), got {value!r}")
+
+
+_TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", dict: "a table", list: "a list of tables"}
+
+
+def _check_range(path: str | Path, key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise UsageError(f"{path}: {key} must be {bound} and <= {high:g}, got {value!r}")
 
 
 def _scenario(spec: dict[str, Any], step: dict[str, Any]) -> Scenario:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from roombench.exceptions import UsageError
 from roombench.wire.profile import Transport
+
+#: upper bound of every time option (seconds): a week is more than any run; inf and nan are refused
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class Scenario:
 
     def validate(self) -> Scenario:
         """Raise UsageError naming the first bad option."""
+        for f in fields(self):  # nan passes no comparison below, but inf would pass ">= 0"
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        week = MAX_SECONDS
         checks = [
             (self.room_size >= 1, "--room-size must be >= 1"),
             (self.rooms_per_user >= 1, "--rooms-per-user must be >= 1"),
@@ -40,13 +49,14 @@ class Scenario:
             (self.window >= 0, "--window must be >= 0 (0 = open loop at --rate)"),
             (0 <= self.size <= 1_000_000, "--size must be between 0 and 1000000 bytes"),
             (self.ack in ("callback", "echo"), "--ack must be callback or echo"),
-            (self.drop_every >= 0, "--drop-every must be >= 0 seconds"),
+            (0 <= self.drop_every <= week, f"--drop-every must be between 0 and {week:.0f} seconds"),
             (self.transport in ("lean", "compat", "ws"), "--transport must be lean, compat or ws"),
             (self.typing_every >= 0 and self.read_every >= 0, "--typing-every/--read-every must be >= 0"),
-            (self.ack_timeout > 0, "--ack-timeout must be > 0"),
+            (0 < self.ack_timeout <= week, f"--ack-timeout must be > 0 and <= {week:.0f} seconds"),
             (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
-            (self.drain >= 0, "--drain must be >= 0"),
-            (self.warmup >= 0, "--warmup must be >= 0"),
+            (self.reconnect_delay_max <= week, f"--reconnect-delay-max must be <= {week:.0f} seconds"),
+            (0 <= self.drain <= week, f"--drain must be between 0 and {week:.0f} seconds"),
+            (0 <= self.warmup <= week, f"--warmup must be between 0 and {week:.0f} seconds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,6 +96,10 @@ OPTION_HELP: dict[str, str] = {
     "reconnect_delay_max": "longest reconnect delay in seconds",
     "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
     "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
+}
+_SECONDS = {"drop_every", "ack_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
+OPTION_HELP |= {  # every time option is bounded; say so where users look
+    k: v + " (at most 604800 = 7 days)" for k, v in OPTION_HELP.items() if k in _SECONDS
 }
 
 

@@ -21,6 +21,8 @@ __all__ = ["AckTable", "SWEEPER", "SWEEP_INTERVAL"]
 #: seconds between two sweeps of ack deadlines and ping timeouts
 SWEEP_INTERVAL = 0.25
 _now = time.monotonic
+#: timed-out ack ids remembered to tell a late answer from an unknown one
+_TIMED_OUT_MAX = 65536
 
 
 class AckTable:
@@ -32,13 +34,16 @@ class AckTable:
     ``pending`` and ``next_id`` directly, so those two stay plain public attributes.
     """
 
-    __slots__ = ("pending", "next_id", "timeout", "on_error")
+    __slots__ = ("pending", "next_id", "timeout", "on_error", "timed_out")
 
     def __init__(self, timeout: float, on_error: Callable[[str, str], None]) -> None:
         self.pending: dict[int, tuple[AckCallback, float]] = {}
         self.next_id = 0
         self.timeout = timeout
         self.on_error = on_error
+        # ids failed by timeout and not answered since: an answer to one is "late"; any
+        # other answer that resolves nothing is "unknown". Bounded: oldest forgotten first.
+        self.timed_out: dict[int, None] = {}
 
     def add(self, callback: AckCallback) -> int:
         """Register ``callback`` under a new ack id; its deadline is now + timeout."""
@@ -57,10 +62,36 @@ class AckTable:
         if entry is None:
             return False
         if entry[1] < _now():
-            self.fail(entry[0], "timeout")
+            self._time_out(aid, entry[0])
             return False
         entry[0](payload, None)
         return True
+
+    def answer(self, aid: int, payload: Any) -> None:
+        """:meth:`resolve`, and an answer that resolved nothing reported (see :meth:`miss`)."""
+        entry = self.pending.pop(aid, None)
+        if entry is not None and entry[1] >= _now():
+            entry[0](payload, None)
+        else:
+            self.miss(aid, entry)
+
+    def miss(self, aid: int, entry: tuple[AckCallback, float] | None) -> None:
+        """An answer to ``aid`` that resolved nothing; ``entry`` is what ``pending.pop``
+        gave (the transports' inlined resolve hands it over). One counted error:
+        ``late_ack`` when the ack was issued and timed out, else ``unknown_ack``."""
+        if entry is not None:  # past its deadline, not swept yet: it times out now
+            self._time_out(aid, entry[0])
+        if self.timed_out.pop(aid, 0) is None:
+            self.on_error("late_ack", f"ack {aid} arrived after its timeout")
+        else:
+            self.on_error("unknown_ack", f"ack {aid} answers no pending message (never issued, or answered already)")
+
+    def _time_out(self, aid: int, callback: AckCallback) -> None:
+        timed_out = self.timed_out
+        timed_out[aid] = None
+        if len(timed_out) > _TIMED_OUT_MAX:
+            del timed_out[next(iter(timed_out))]
+        self.fail(callback, "timeout")
 
     def expire(self, now: float) -> None:
         """Fail every ack whose deadline has passed with "timeout"."""
@@ -70,7 +101,7 @@ class AckTable:
             aid = next(iter(pending))
             if pending[aid][1] > now:
                 return
-            self.fail(pending.pop(aid)[0], "timeout")
+            self._time_out(aid, pending.pop(aid)[0])
 
     def fail_all(self, error: str) -> None:
         """Fail every pending ack with ``error``."""

@@ -164,8 +164,8 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
         status, reason, headers, rest = _read_answer(sock)
         if status != 101:
             sock.close()
-            raise HandshakeFailed(f"WebSocket handshake with {ep.ws_url} refused: HTTP {status} {reason}".rstrip() + hint,
-                                  status)
+            raise HandshakeFailed(f"WebSocket handshake with {ep.ws_url} refused: HTTP {status} {reason}".rstrip()
+                                  + body_excerpt(rest) + hint, status)
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != accept:
             raise OSError("the server's Sec-WebSocket-Accept does not answer our key")
@@ -180,6 +180,18 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
         raise
     sock.settimeout(None)
     return sock, rest
+
+
+def body_excerpt(body: bytes | str | None, limit: int = 100) -> str:
+    """``": <first chars of body>"`` on one line (whitespace collapsed), or "" for none:
+    an HTML error page must not fill the terminal, but its first words say what answered."""
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
+    text = " ".join(text.split())
+    if not text:
+        return ""
+    return ": " + (text if len(text) <= limit else text[:limit] + "...")
 
 
 def _upgrade_request(ep: Endpoint, key: bytes) -> bytes:

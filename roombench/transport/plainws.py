@@ -108,12 +108,10 @@ class PlainWsTransport(FramedTransport):
                         return
                 elif type(aid) is int:
                     entry = self._acks.pending.pop(aid, None)
-                    if entry is not None and entry[1] >= _now():  # AckTable.resolve, inlined
+                    if entry is not None and entry[1] >= _now():  # AckTable.answer, inlined
                         entry[0](msg.get("data"), None)
                     else:
-                        if entry is not None:
-                            self._acks.fail(entry[0], "timeout")
-                        self._report("late_ack", f"ack {aid} arrived after its timeout")
+                        self._acks.miss(aid, entry)  # late or unknown, counted once
                     return
             self._on_other(conn, msg, p)
         except orjson.JSONDecodeError as exc:

@@ -14,7 +14,7 @@ import orjson
 import websocket
 
 from roombench.exceptions import ConnectFailed, UsageError
-from roombench.transport.handshake import Endpoint, split_url
+from roombench.transport.handshake import Endpoint, body_excerpt, split_url
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 
 
@@ -38,8 +38,11 @@ def preflight(base: str, token: str | None, profile: Profile = DEFAULT_PROFILE, 
     header = [f"{k}: {v}" for k, v in ep.headers.items()]
     try:
         ws = websocket.create_connection(ep.ws_url, timeout=timeout, header=header)
+    except websocket.WebSocketBadStatusException as exc:  # its str() is the whole answer, body and all
+        raise ConnectFailed(f"websocket handshake with {ep.ws_url} refused: HTTP {exc.status_code}"
+                            + body_excerpt(exc.resp_body)) from None
     except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectFailed(f"websocket handshake with {ep.ws_url} failed: {exc}") from None
+        raise ConnectFailed(f"websocket handshake with {ep.ws_url} failed: {' '.join(str(exc).split()):.160}") from None
     try:
         if transport == "ws":
             _plain_connect(ws)

@@ -97,22 +97,23 @@ class LeanTransport(FramedTransport):
                                 _PARSED.clear()
                     else:  # hashing a big payload costs about what parsing it does
                         data = _loads(p[2:])
-                    if type(data) is list and data and data[0] in self._known:
+                    # the str check first: a list or dict as the name is unhashable (fuzz)
+                    if type(data) is list and data and type(data[0]) is str and data[0] in self._known:
                         self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
                         return
                 elif kind == 51:
                     i = p.find(b"[", 2)
                     digits = p[2:i]
                     if i > 2 and digits.isdigit():
+                        if i > 22:  # int() of thousands of digits raises ValueError (or takes long)
+                            raise ProtocolError(f"ack id of {i - 2} digits: {bytes(p[:40])!r}")
                         args = _loads(p[i:])
                         aid = int(digits)
                         entry = self._acks.pending.pop(aid, None)
-                        if entry is not None and entry[1] >= _now():  # AckTable.resolve, inlined
+                        if entry is not None and entry[1] >= _now():  # AckTable.answer, inlined
                             entry[0](args[0] if args else None, None)
                         else:
-                            if entry is not None:
-                                self._acks.fail(entry[0], "timeout")
-                            self._report("late_ack", f"ack {aid} arrived after its timeout")
+                            self._acks.miss(aid, entry)  # late or unknown, counted once
                         return
             self._on_packet(conn, *codec.decode_packet(p))
         except ProtocolError as exc:
@@ -135,8 +136,7 @@ class LeanTransport(FramedTransport):
             self._on_session_packet(conn, t, data)
 
     def _on_ack(self, aid: int, payload: Any) -> None:
-        if not self._acks.resolve(aid, payload):  # the slow-path twin of _on_text's ack
-            self._report("late_ack", f"ack {aid} arrived after its timeout")
+        self._acks.answer(aid, payload)  # the slow-path twin of _on_text's ack
 
     def _on_session_packet(self, conn: Conn, t: int, data: Any) -> None:
         """Everything but events and acks: rare, so clarity over speed."""

@@ -1,0 +1,108 @@
+"""Ack answers that resolve nothing, against the real lean and plain transports (scripted
+peers over loopback): a non-integer id is one protocol error and acks nothing; an id never
+issued is ``unknown_ack``; ``late_ack`` only for an id that was issued and timed out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import orjson
+import pytest
+
+from roombench.wire.profile import DEFAULT_PROFILE
+from tests.helpers import Acks, ScriptedPeer, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+SEND = DEFAULT_PROFILE.event("send_message")
+
+
+@pytest.fixture
+def make(transports: Any) -> Any:
+    return transports
+
+
+def _sio_ack(aid: bytes, payload: bytes = b'[{"ok":true}]') -> bytes:
+    return b"43" + aid + payload
+
+
+def _run(make: Any, scripted: Any, kind: str, answers: list[bytes], *, sends: int = 1,
+         ack_timeout: float = 5.0, pause: float = 0.0) -> tuple[list[Acks], Any]:
+    """Connect, send ``sends`` acked messages, let the peer answer with ``answers``
+    (after ``pause`` seconds), then one good answer to the first id as a sentinel."""
+    got: list[bytes] = []
+
+    def script(peer: ScriptedPeer, n: int) -> None:
+        if kind == "ws":
+            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
+        else:
+            peer.accept()
+        for _ in range(sends):
+            got.append(peer.recv())
+        gevent.sleep(pause)
+        for a in answers:
+            peer.send(a)
+        peer.hold()
+
+    transport, rec = make(scripted(script), kind=kind, ack_timeout=ack_timeout)
+    transport.connect()
+    acks = [Acks() for _ in range(sends)]
+    for ack in acks:
+        assert transport.emit(SEND, {"room": "r", "content": "x"}, ack)
+    assert wait_until(lambda: len(got) == sends)
+    return acks, rec
+
+
+@pytest.mark.parametrize("bad", [b'{"ack":"0","data":{}}', b'{"ack":true,"data":{}}', b'{"ack":0.0,"data":{}}'])
+def test_ws_non_integer_ack_id_is_one_protocol_error_and_acks_nothing(make: Any, scripted: Any, bad: bytes) -> None:
+    acks, rec = _run(make, scripted, "ws", [bad])
+    assert wait_until(lambda: bool(rec.errors))
+    gevent.sleep(0.1)
+    assert [k for k, _ in rec.errors] == ["protocol_error"] and acks[0].calls == []
+
+
+@pytest.mark.parametrize("bad", [_sio_ack(b"x"), _sio_ack(b'"0"'), b'43["0"]', b"43" + b"9" * 5000 + b"[1]"])
+def test_sio_non_integer_ack_id_is_one_protocol_error_and_acks_nothing(make: Any, scripted: Any, bad: bytes) -> None:
+    acks, rec = _run(make, scripted, "lean", [bad])
+    assert wait_until(lambda: bool(rec.errors))
+    gevent.sleep(0.1)
+    assert [k for k, _ in rec.errors] == ["protocol_error"] and acks[0].calls == [], rec.errors
+
+
+@pytest.mark.parametrize("kind, answer", [
+    ("ws", b'{"ack":7,"data":{}}'), ("ws", b'{"ack":-1,"data":{}}'),
+    ("lean", _sio_ack(b"7")), ("lean", _sio_ack(b"/,7")),  # the fast path and the codec's
+])
+def test_never_issued_ack_id_is_unknown_not_late(make: Any, scripted: Any, kind: str, answer: bytes) -> None:
+    acks, rec = _run(make, scripted, kind, [answer])
+    assert wait_until(lambda: bool(rec.errors))
+    assert [k for k, _ in rec.errors] == ["unknown_ack"] and acks[0].calls == [], rec.errors
+
+
+@pytest.mark.parametrize("kind, answer", [("ws", b'{"ack":0,"data":{}}'), ("lean", _sio_ack(b"0"))])
+def test_answer_after_timeout_is_late_and_a_second_answer_unknown(make: Any, scripted: Any, kind: str,
+                                                                   answer: bytes) -> None:
+    acks, rec = _run(make, scripted, kind, [answer, answer], ack_timeout=0.2, pause=0.6)
+    assert wait_until(lambda: len(rec.errors) == 2), rec.errors
+    assert [k for k, _ in rec.errors] == ["late_ack", "unknown_ack"] and acks[0].calls == [(None, "timeout")]
+
+
+@pytest.mark.parametrize("kind, answer", [("ws", b'{"ack":0,"data":{"ok":1}}'), ("lean", _sio_ack(b"0", b'[{"ok":1}]'))])
+def test_a_good_answer_still_acks_once(make: Any, scripted: Any, kind: str, answer: bytes) -> None:
+    acks, rec = _run(make, scripted, kind, [answer, answer])
+    assert wait_until(lambda: len(rec.errors) == 1)
+    assert acks[0].calls == [({"ok": 1}, None)] and [k for k, _ in rec.errors] == ["unknown_ack"]
+
+
+def test_ack_table_late_vs_unknown() -> None:
+    from roombench.transport.acks import AckTable
+
+    errors: list[str] = []
+    table = AckTable(0.0, lambda kind, _: errors.append(kind))
+    a = Acks()
+    aid = table.add(a)
+    table.expire(float("inf"))
+    table.answer(aid, None)
+    table.answer(aid, None)
+    table.answer(99, None)
+    assert errors == ["late_ack", "unknown_ack", "unknown_ack"] and a.calls == [(None, "timeout")]

@@ -19,7 +19,7 @@ import socketio
 import websocket
 from greenlet import greenlet
 
-from roombench.wire import codec
+from roombench.wire import frames as wsframes, packets
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.transport.base import Callbacks, ReconnectPolicy, Transport
 
@@ -242,7 +242,7 @@ class ScriptedPeer:
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
-        self.parser = codec.FrameParser()
+        self.parser = wsframes.FrameParser()
         self.pending: list[bytes] = []
         self.buf = bytearray()
 
@@ -259,8 +259,8 @@ class ScriptedPeer:
         self.sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                           b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
-    def send(self, payload: bytes, opcode: int = codec.OP_TEXT) -> None:
-        self.sock.sendall(codec.encode_frame(opcode, payload, None))
+    def send(self, payload: bytes, opcode: int = wsframes.OP_TEXT) -> None:
+        self.sock.sendall(wsframes.encode_frame(opcode, payload, None))
 
     def recv(self) -> bytes:
         """The next text message from the client (its pongs and acks)."""
@@ -271,12 +271,12 @@ class ScriptedPeer:
             self.buf += chunk
             frames, used = self.parser.parse(self.buf)
             del self.buf[:used]
-            self.pending += [bytes(p) for op, p in frames if op == codec.OP_TEXT]
+            self.pending += [bytes(p) for op, p in frames if op == wsframes.OP_TEXT]
         return self.pending.pop(0)
 
     def open(self, ping_interval_ms: int = 25000, ping_timeout_ms: int = 20000) -> bytes:
         """Engine.IO open, read the client's CONNECT; returns that CONNECT packet."""
-        self.send(codec.encode_open("sid", ping_interval_ms, ping_timeout_ms))
+        self.send(packets.encode_open("sid", ping_interval_ms, ping_timeout_ms))
         return self.recv()
 
     def accept(self, **open_args: int) -> None:
@@ -292,8 +292,8 @@ class ScriptedPeer:
                 self.buf += chunk
                 frames, used = self.parser.parse(self.buf)
                 del self.buf[:used]
-                if any(op == codec.OP_CLOSE for op, _ in frames):
-                    self.send(codec.close_payload(1000), codec.OP_CLOSE)
+                if any(op == wsframes.OP_CLOSE for op, _ in frames):
+                    self.send(wsframes.close_payload(1000), wsframes.OP_CLOSE)
                     return
         except OSError:
             pass

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import orjson
 import socketio
 
 from roombench.servers.reference import (MAX_LIMIT, Faults, Message, RoomStore, _error, _is_str, _json,

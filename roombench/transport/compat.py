@@ -22,7 +22,7 @@ from typing import Any
 
 import socketio
 
-from roombench.wire.codec import connect_error_message
+from roombench.wire.packets import connect_error_message
 from roombench.exceptions import ConnectFailed
 from roombench.transport.handshake import connect_websocket
 from roombench.transport.acks import SWEEPER, AckTable

@@ -29,7 +29,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from roombench.transport import poller
-from roombench.wire import codec
+from roombench.wire import frames as wsframes
 from roombench.transport.acks import SWEEPER, AckTable
 from roombench.exceptions import ConnectFailed, ConnectTimeout, ProtocolError
 from roombench.transport.handshake import Endpoint, connect_websocket
@@ -92,8 +92,8 @@ class Conn:
         self.owner = owner
         # a TLS socket's recv_into waits with the buffer in hand: it cannot share one
         self.own_buf = bytearray(_BUF_SIZE) if self.raw is None else None
-        self.writer = codec.shared_writer()
-        self.parser = codec.FrameParser()
+        self.writer = wsframes.shared_writer()
+        self.parser = wsframes.FrameParser()
         #: the incomplete frame the last read ended with (copied out of the shared buffer)
         self.pending = b""
         # a send that blocks mid-frame must not let another greenlet interleave its frame;
@@ -172,7 +172,7 @@ class FramedTransport(Transport):
         """The endpoint of ``self.url`` for this protocol; raises ConnectFailed."""
 
     @abstractmethod
-    def _on_text(self, conn: Conn, payload: codec.Payload) -> None:
+    def _on_text(self, conn: Conn, payload: wsframes.Payload) -> None:
         """One text message from the server (called inline by the reader); must not raise."""
 
     def _goodbye(self, conn: Conn) -> bytes:
@@ -420,19 +420,19 @@ class FramedTransport(Transport):
             return conn.abort_reason or "closed"
         return None
 
-    def _on_control(self, conn: Conn, op: int, payload: codec.Payload) -> None:
-        if op == codec.OP_PING:
+    def _on_control(self, conn: Conn, op: int, payload: wsframes.Payload) -> None:
+        if op == wsframes.OP_PING:
             if self.WS_HEARTBEAT:
                 conn.ping_deadline = _now() + conn.ping_window
             self._send_frame(conn, conn.writer.pong(payload))
-        elif op == codec.OP_CLOSE:
+        elif op == wsframes.OP_CLOSE:
             try:
-                code, why = codec.parse_close_payload(payload)
+                code, why = wsframes.parse_close_payload(payload)
             except ProtocolError:
                 code, why = None, "malformed close frame"
             self._send_frame(conn, conn.writer.close(1000))
             self._abort(conn, f"server closed the WebSocket (code {code}{': ' + why if why else ''})")
-        elif op == codec.OP_BINARY:
+        elif op == wsframes.OP_BINARY:
             self._report("protocol_error", f"unexpected binary WebSocket message ({len(payload)} bytes)")
 
     def _send(self, conn: Conn, packet: bytes) -> bool:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from roombench.wire import codec
+from roombench.wire import frames, packets
 from roombench.transport.handshake import Endpoint, split_url
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.transport.base import AckCallback
@@ -95,7 +95,7 @@ class PlainWsTransport(FramedTransport):
 
     # ------------------------------------------------------------------ the hot path
 
-    def _on_text(self, conn: Conn, p: codec.Payload) -> None:
+    def _on_text(self, conn: Conn, p: frames.Payload) -> None:
         """One envelope: contract events and acks inline, the rest in :meth:`_on_other`."""
         try:
             msg = _loads(p)
@@ -119,7 +119,7 @@ class PlainWsTransport(FramedTransport):
         except Exception as exc:  # noqa: BLE001 - a handler's bug must not kill the reader
             self._report("handler_error", f"{type(exc).__name__}: {exc}")
 
-    def _on_other(self, conn: Conn, msg: Any, p: codec.Payload) -> None:
+    def _on_other(self, conn: Conn, msg: Any, p: frames.Payload) -> None:
         """Session messages and everything malformed: rare, so clarity over speed."""
         if type(msg) is not dict:
             self._not_an_envelope(conn, p, "not a JSON object")
@@ -135,7 +135,7 @@ class PlainWsTransport(FramedTransport):
                 conn.ping_deadline = _now() + conn.ping_window
             self._session_up(conn, str(data.get("sid", "")))
         elif event == CONNECT_ERROR and conn.sid is None:
-            self._refuse(conn, codec.connect_error_message(data))
+            self._refuse(conn, packets.connect_error_message(data))
         elif event in (CONNECTED, CONNECT_ERROR):
             self._report("protocol_error", f"{event!r} on a connected session: {bytes(p[:60])!r}")
         elif type(event) is str:
@@ -143,7 +143,7 @@ class PlainWsTransport(FramedTransport):
         else:
             self._report("protocol_error", f"envelope without an event name or ack id: {bytes(p[:60])!r}")
 
-    def _not_an_envelope(self, conn: Conn, p: codec.Payload, why: str) -> None:
+    def _not_an_envelope(self, conn: Conn, p: frames.Payload, why: str) -> None:
         if conn.sid is None:  # the first message already: the wrong kind of server
             self._abort(conn, f"the server's first message is {why}, not a JSON envelope: {bytes(p[:40])!r}; "
                               "if this is a Socket.IO server, use --transport lean or compat")

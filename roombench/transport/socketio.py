@@ -3,7 +3,7 @@
 :class:`~roombench.transport.framed.FramedTransport` owns the connection (handshake, buffered
 reads, sends, reconnects, drop/close); this module adds the Engine.IO open / Socket.IO
 connect step and the packets. Events and acks on the default namespace take a fast path
-(prefix by bytes, one orjson call); everything else goes through :mod:`roombench.wire.codec`.
+(prefix by bytes, one orjson call); everything else goes through :mod:`roombench.wire.packets`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from roombench.wire import codec
+from roombench.wire import frames, packets
 from roombench.transport.acks import SWEEP_INTERVAL, SWEEPER, AckTable
 from roombench.exceptions import ProtocolError
 from roombench.transport.handshake import Endpoint, socketio_endpoint
@@ -35,7 +35,7 @@ _PARSED_MAX = 4096
 _dumps = orjson.dumps
 
 
-_event_prefix = functools.lru_cache(maxsize=16)(codec.event_prefix)  # one bytes per namespace
+_event_prefix = functools.lru_cache(maxsize=16)(packets.event_prefix)  # one bytes per namespace
 
 
 class LeanTransport(FramedTransport):
@@ -76,11 +76,11 @@ class LeanTransport(FramedTransport):
 
     def _goodbye(self, conn: Conn) -> bytes:
         """41 (Socket.IO disconnect), then the close frame."""
-        return conn.writer.text(codec.encode_disconnect(self._ns)) + conn.writer.close(1000)
+        return conn.writer.text(packets.encode_disconnect(self._ns)) + conn.writer.close(1000)
 
     # ------------------------------------------------------------------ the hot path
 
-    def _on_text(self, conn: Conn, p: codec.Payload) -> None:
+    def _on_text(self, conn: Conn, p: frames.Payload) -> None:
         """One Engine.IO packet. Events and acks on the default namespace take the short
         way (prefix by bytes, one orjson call); everything else goes through the codec."""
         try:
@@ -115,7 +115,7 @@ class LeanTransport(FramedTransport):
                         else:
                             self._acks.miss(aid, entry)  # late or unknown, counted once
                         return
-            self._on_packet(conn, *codec.decode_packet(p))
+            self._on_packet(conn, *packets.decode_packet(p))
         except ProtocolError as exc:
             self._report("protocol_error", str(exc))
         except orjson.JSONDecodeError as exc:
@@ -124,13 +124,13 @@ class LeanTransport(FramedTransport):
             self._report("handler_error", f"{type(exc).__name__}: {exc}")
 
     def _on_packet(self, conn: Conn, t: int, ns: str, aid: int | None, data: Any) -> None:
-        if t >= codec.CONNECT and ns != self._ns:
+        if t >= packets.CONNECT and ns != self._ns:
             raise ProtocolError(f"packet type {t} for namespace {ns!r}; we connected {self._ns!r}")
-        if t == codec.EVENT:
+        if t == packets.EVENT:
             if data[0] not in self._known:
                 raise ProtocolError(f"unknown event {data[0]!r}")
             self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
-        elif t == codec.ACK:
+        elif t == packets.ACK:
             self._on_ack(aid, data[0] if data else None)  # type: ignore[arg-type]
         else:
             self._on_session_packet(conn, t, data)
@@ -140,26 +140,26 @@ class LeanTransport(FramedTransport):
 
     def _on_session_packet(self, conn: Conn, t: int, data: Any) -> None:
         """Everything but events and acks: rare, so clarity over speed."""
-        if t == codec.PING:
+        if t == packets.PING:
             conn.ping_deadline = _now() + conn.ping_window
-            self._send(conn, codec.PONG_PACKET + (data or "").encode())
-        elif t == codec.OPEN:
+            self._send(conn, packets.PONG_PACKET + (data or "").encode())
+        elif t == packets.OPEN:
             conn.ping_window = (data["pingInterval"] + data["pingTimeout"]) / 1000.0
             conn.ping_deadline = _now() + conn.ping_window
-            self._send(conn, codec.encode_connect(self._ns, self._endpoint.auth if self._endpoint else None))
-        elif t == codec.CONNECT:
+            self._send(conn, packets.encode_connect(self._ns, self._endpoint.auth if self._endpoint else None))
+        elif t == packets.CONNECT:
             self._session_up(conn, str((data or {}).get("sid", "")))
-        elif t == codec.CONNECT_ERROR:
-            message = codec.connect_error_message(data)
+        elif t == packets.CONNECT_ERROR:
+            message = packets.connect_error_message(data)
             if conn.sid is None:
                 self._refuse(conn, message)
             else:
                 self._report("protocol_error", f"CONNECT_ERROR on a connected session: {message}")
-        elif t == codec.DISCONNECT:
+        elif t == packets.DISCONNECT:
             self._abort(conn, "server disconnected the Socket.IO session (41)")
-        elif t == codec.CLOSE:
+        elif t == packets.CLOSE:
             self._abort(conn, "server closed the Engine.IO session (1)")
-        elif t in (codec.BINARY_EVENT, codec.BINARY_ACK):
+        elif t in (packets.BINARY_EVENT, packets.BINARY_ACK):
             raise ProtocolError("binary Socket.IO packets are not supported")
-        elif t not in (codec.NOOP, codec.PONG):
+        elif t not in (packets.NOOP, packets.PONG):
             raise ProtocolError(f"unexpected Engine.IO packet type {t}")

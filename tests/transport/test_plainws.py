@@ -12,7 +12,7 @@ import orjson
 import pytest
 import websocket
 
-from roombench.wire import codec
+from roombench.wire import frames as wsframes, packets
 from roombench.exceptions import ConnectFailed
 from roombench.generator import Generator, run_for
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
@@ -207,7 +207,7 @@ def test_ws_pings_are_the_heartbeat(scripted: Any, make: Any) -> None:
     def pinger(peer: ScriptedPeer) -> None:
         while True:
             gevent.sleep(0.15)
-            peer.send(b"hb", codec.OP_PING)
+            peer.send(b"hb", wsframes.OP_PING)
 
     def script(peer: ScriptedPeer, n: int) -> None:
         peer.send(connected(pingInterval=200, pingTimeout=100))
@@ -217,7 +217,7 @@ def test_ws_pings_are_the_heartbeat(scripted: Any, make: Any) -> None:
             peer.buf += chunk
             frames, used = peer.parser.parse(peer.buf)
             del peer.buf[:used]
-            pongs.extend(bytes(p) for op, p in frames if op == codec.OP_PONG)
+            pongs.extend(bytes(p) for op, p in frames if op == wsframes.OP_PONG)
         if pings is not None:
             pings.kill()
 
@@ -249,7 +249,7 @@ def test_malformed_envelopes_are_reported_and_the_connection_survives(scripted: 
 
 def test_an_engine_io_server_on_the_path_is_named(scripted: Any, make: Any) -> None:
     def script(peer: ScriptedPeer, n: int) -> None:
-        peer.send(codec.encode_open("sid"))
+        peer.send(packets.encode_open("sid"))
         peer.hold(3.0)
 
     transport, _ = make(scripted(script))
@@ -259,7 +259,7 @@ def test_an_engine_io_server_on_the_path_is_named(scripted: Any, make: Any) -> N
 
 def test_refusal_by_close_code_alone(scripted: Any, make: Any) -> None:
     def script(peer: ScriptedPeer, n: int) -> None:
-        peer.send(codec.close_payload(4401, "invalid token"), codec.OP_CLOSE)
+        peer.send(wsframes.close_payload(4401, "invalid token"), wsframes.OP_CLOSE)
         peer.hold(3.0)
 
     transport, _ = make(scripted(script))

@@ -10,7 +10,7 @@ from typing import Any
 import gevent
 import pytest
 
-from roombench.wire import codec
+from roombench.wire import frames, packets
 from roombench.exceptions import ConnectFailed, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.servers import ServerProcess, free_port, start_server
@@ -191,21 +191,21 @@ def test_ping_is_answered_with_pong(kind: str, scripted: Any, make: Any) -> None
 
     def script(peer: ScriptedPeer, n: int) -> None:
         peer.accept()
-        peer.send(codec.PING_PACKET)
+        peer.send(packets.PING_PACKET)
         answers.append(peer.recv())
         peer.hold()
 
     transport, rec = make(scripted(script), kind=kind)
     transport.connect()
     assert wait_until(lambda: bool(answers))
-    assert answers == [codec.PONG_PACKET] and rec.disconnects == [] and rec.errors == []
+    assert answers == [packets.PONG_PACKET] and rec.disconnects == [] and rec.errors == []
 
 
 def test_no_ping_in_time_disconnects_and_reconnects(kind: str, scripted: Any, make: Any) -> None:
     def pinger(peer: ScriptedPeer) -> None:
         while True:
             gevent.sleep(0.15)
-            peer.send(codec.PING_PACKET)
+            peer.send(packets.PING_PACKET)
 
     def script(peer: ScriptedPeer, n: int) -> None:
         peer.accept(ping_interval_ms=200, ping_timeout_ms=100)
@@ -224,16 +224,16 @@ def test_no_ping_in_time_disconnects_and_reconnects(kind: str, scripted: Any, ma
 
 def test_malformed_packets_are_reported_and_the_connection_survives(kind: str, scripted: Any, make: Any) -> None:
     new_message = DEFAULT_PROFILE.event("new_message")
-    big = codec.encode_event(new_message, {"id": 3, "content": "x" * 70000})
+    big = packets.encode_event(new_message, {"id": 3, "content": "x" * 70000})
 
     def script(peer: ScriptedPeer, n: int) -> None:
         peer.accept()
         peer.send(b"42[oops")
         peer.send(b'42["' + new_message.encode() + b'",{"id":1}]')
         first, rest = b'42["' + new_message.encode() + b'",', b'{"id":2}]'
-        peer.sock.sendall(codec.encode_frame(codec.OP_TEXT, first, None, fin=False)
-                          + codec.encode_frame(codec.OP_PING, b"", None)
-                          + codec.encode_frame(codec.OP_CONT, rest, None))
+        peer.sock.sendall(frames.encode_frame(frames.OP_TEXT, first, None, fin=False)
+                          + frames.encode_frame(frames.OP_PING, b"", None)
+                          + frames.encode_frame(frames.OP_CONT, rest, None))
         peer.send(big)
         peer.hold()
 
@@ -252,11 +252,11 @@ def test_server_ending_the_session_leads_to_a_reconnect(kind: str, ending: str, 
         peer.accept()
         if n == 0:
             if ending == "close frame":
-                peer.send(codec.close_payload(1001, "going away"), codec.OP_CLOSE)
+                peer.send(frames.close_payload(1001, "going away"), frames.OP_CLOSE)
             elif ending == "engine close":
-                peer.send(codec.CLOSE_PACKET)
+                peer.send(packets.CLOSE_PACKET)
             else:
-                peer.send(codec.encode_disconnect())
+                peer.send(packets.encode_disconnect())
         peer.hold(3.0)
 
     transport, rec = make(scripted(script), kind=kind, reconnect=FAST_RECONNECT)
@@ -271,12 +271,12 @@ def test_refused_reconnect_is_reported_and_retried(kind: str, scripted: Any, mak
     def script(peer: ScriptedPeer, n: int) -> None:
         if n == 1:  # the first reconnect attempt is refused
             peer.open()
-            peer.send(codec.encode_connect_error("come back later"))
+            peer.send(packets.encode_connect_error("come back later"))
             peer.hold(1.0)
             return
         peer.accept()
         if n == 0:
-            peer.send(codec.encode_disconnect())
+            peer.send(packets.encode_disconnect())
         peer.hold(3.0)
 
     transport, rec = make(scripted(script), kind=kind, reconnect=FAST_RECONNECT)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from roombench.exceptions import ProtocolError
 from roombench.transport.plainws import PlainWsTransport
 from roombench.transport.socketio import LeanTransport
-from roombench.wire import codec
+from roombench.wire import frames as wsframes, packets
 from roombench.wire.profile import DEFAULT_PROFILE
 from tests.helpers import Acks, Recorder
 
@@ -38,7 +38,7 @@ PREFIXES = [b"", b"0", b"1", b"2", b"3", b"4", b"6", b"40", b"41", b"42", b"43",
 @settings(FUZZ)
 @given(st.binary(max_size=300))
 def test_frame_parser_takes_any_bytes(data: bytes) -> None:
-    parser = codec.FrameParser()
+    parser = wsframes.FrameParser()
     try:
         frames, used = parser.parse(bytearray(data))
     except ProtocolError:
@@ -50,7 +50,7 @@ def test_frame_parser_takes_any_bytes(data: bytes) -> None:
 @settings(FUZZ)
 @given(st.lists(st.binary(max_size=80), max_size=6))
 def test_frame_parser_takes_any_bytes_in_pieces(chunks: list[bytes]) -> None:
-    parser, buf = codec.FrameParser(), bytearray()
+    parser, buf = wsframes.FrameParser(), bytearray()
     for chunk in chunks:
         buf += chunk
         try:
@@ -64,7 +64,7 @@ def test_frame_parser_takes_any_bytes_in_pieces(chunks: list[bytes]) -> None:
 @given(st.sampled_from(PREFIXES), st.binary(max_size=120) | json_values.map(_dumps))
 def test_decode_packet_takes_any_bytes(prefix: bytes, rest: bytes) -> None:
     try:
-        packet = codec.decode_packet(prefix + rest)
+        packet = packets.decode_packet(prefix + rest)
     except ProtocolError:
         return
     assert packet[2] is None or isinstance(packet[2], int)  # an ack id is an int or absent

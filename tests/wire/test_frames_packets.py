@@ -1,4 +1,4 @@
-"""roombench.wire.codec: frames and packets, no I/O."""
+"""roombench.wire.frames and roombench.wire.packets: frames and packets, no I/O."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import orjson
 import pytest
 from websocket._abnf import ABNF
 
-from roombench.wire import codec
-from roombench.wire.codec import FrameParser, FrameWriter, Packet, decode_packet
+from roombench.wire import frames as wsframes, packets
+from roombench.wire.frames import FrameParser, FrameWriter
+from roombench.wire.packets import Packet, decode_packet
 from roombench.exceptions import ProtocolError
 
 pytestmark = pytest.mark.timeout(10)
@@ -19,7 +20,7 @@ LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """An unmasked frame, as a server sends it."""
-    return codec.encode_frame(opcode, payload, None, fin=fin)
+    return wsframes.encode_frame(opcode, payload, None, fin=fin)
 
 
 def unmask_client_frame(frame: bytes) -> tuple[int, int, bytes]:
@@ -38,13 +39,13 @@ def unmask_client_frame(frame: bytes) -> tuple[int, int, bytes]:
 def test_mask_matches_websocket_client(key: bytes, n: int) -> None:
     data = bytes(range(256)) * (n // 256 + 1)
     data = data[:n]
-    assert codec.mask(key, data) == ABNF.mask(key, data)
-    assert codec.mask(key, codec.mask(key, data)) == data
+    assert wsframes.mask(key, data) == ABNF.mask(key, data)
+    assert wsframes.mask(key, wsframes.mask(key, data)) == data
 
 
 def test_random_mask_key_is_uniform_and_nonzero() -> None:
     for _ in range(50):
-        key = codec.random_mask_key()
+        key = wsframes.random_mask_key()
         assert len(key) == 4 and key[0] != 0 and key == bytes([key[0]]) * 4
 
 
@@ -73,15 +74,15 @@ def test_writer_rejects_bad_key() -> None:
 def test_pong_and_close_frames() -> None:
     writer = FrameWriter()
     b0, _, body = unmask_client_frame(writer.pong(b"hi"))
-    assert b0 == 0x80 | codec.OP_PONG and body == b"hi"
+    assert b0 == 0x80 | wsframes.OP_PONG and body == b"hi"
     b0, _, body = unmask_client_frame(writer.close(1001, "bye"))
-    assert b0 == 0x80 | codec.OP_CLOSE
-    assert codec.parse_close_payload(body) == (1001, "bye")
-    assert codec.parse_close_payload(b"") == (None, "")
+    assert b0 == 0x80 | wsframes.OP_CLOSE
+    assert wsframes.parse_close_payload(body) == (1001, "bye")
+    assert wsframes.parse_close_payload(b"") == (None, "")
     with pytest.raises(ValueError):
-        codec.close_payload(1000, "x" * 124)
+        wsframes.close_payload(1000, "x" * 124)
     with pytest.raises(ProtocolError, match="1-byte"):
-        codec.parse_close_payload(b"\x03")
+        wsframes.parse_close_payload(b"\x03")
 
 
 # ----------------------------------------------------------------------- parsing
@@ -90,61 +91,61 @@ def test_pong_and_close_frames() -> None:
 @pytest.mark.parametrize("n", LENGTHS)
 def test_parse_each_length_class(n: int) -> None:
     payload = bytes(i % 7 + 48 for i in range(n))
-    frames, used = FrameParser().parse(bytearray(server_frame(codec.OP_TEXT, payload)))
-    assert frames == [(codec.OP_TEXT, payload)]
-    assert used == len(server_frame(codec.OP_TEXT, payload))
+    frames, used = FrameParser().parse(bytearray(server_frame(wsframes.OP_TEXT, payload)))
+    assert frames == [(wsframes.OP_TEXT, payload)]
+    assert used == len(server_frame(wsframes.OP_TEXT, payload))
 
 
 @pytest.mark.parametrize("n", [5, 200, 70000])
 def test_partial_buffer_yields_nothing_until_complete(n: int) -> None:
-    frame = server_frame(codec.OP_TEXT, b"x" * n)
+    frame = server_frame(wsframes.OP_TEXT, b"x" * n)
     parser = FrameParser()
     for cut in sorted({c for c in (0, 1, 2, 3, 5, 9, len(frame) - 1) if c < len(frame)}):
         frames, used = parser.parse(bytearray(frame[:cut]))
         assert (frames, used) == ([], 0), cut
     tail = b"\x81\x05ab"  # the start of a next frame must stay unconsumed
     frames, used = parser.parse(bytearray(frame + tail))
-    assert frames == [(codec.OP_TEXT, b"x" * n)] and used == len(frame)
+    assert frames == [(wsframes.OP_TEXT, b"x" * n)] and used == len(frame)
 
 
 def test_parse_respects_end_argument() -> None:
-    frame = server_frame(codec.OP_TEXT, b"hello")
+    frame = server_frame(wsframes.OP_TEXT, b"hello")
     buf = bytearray(1024)
     buf[: len(frame)] = frame
     assert FrameParser().parse(buf, len(frame) - 1) == ([], 0)
-    assert FrameParser().parse(buf, len(frame)) == ([(codec.OP_TEXT, b"hello")], len(frame))
+    assert FrameParser().parse(buf, len(frame)) == ([(wsframes.OP_TEXT, b"hello")], len(frame))
 
 
 def test_many_frames_in_one_buffer() -> None:
     payloads = [b"42" + orjson.dumps(["new_message", {"i": i}]) for i in range(100)]
-    stream = b"".join(server_frame(codec.OP_TEXT, p) for p in payloads)
+    stream = b"".join(server_frame(wsframes.OP_TEXT, p) for p in payloads)
     frames, used = FrameParser().parse(memoryview(bytearray(stream)))
     assert [bytes(p) for _, p in frames] == payloads and used == len(stream)
 
 
 def test_fragmented_message_with_interleaved_ping_across_calls() -> None:
-    parts = [server_frame(codec.OP_TEXT, b"42[\"a\",", fin=False),
-             server_frame(codec.OP_PING, b"p"),
-             server_frame(codec.OP_CONT, b"{\"k\":", fin=False),
-             server_frame(codec.OP_CONT, b"1}]")]
+    parts = [server_frame(wsframes.OP_TEXT, b"42[\"a\",", fin=False),
+             server_frame(wsframes.OP_PING, b"p"),
+             server_frame(wsframes.OP_CONT, b"{\"k\":", fin=False),
+             server_frame(wsframes.OP_CONT, b"1}]")]
     parser = FrameParser()
     frames, used = parser.parse(bytearray(parts[0] + parts[1]))
-    assert frames == [(codec.OP_PING, b"p")] and used == len(parts[0] + parts[1])
+    assert frames == [(wsframes.OP_PING, b"p")] and used == len(parts[0] + parts[1])
     frames, used = parser.parse(bytearray(parts[2] + parts[3]))
-    assert frames == [(codec.OP_TEXT, b'42["a",{"k":1}]')]
+    assert frames == [(wsframes.OP_TEXT, b'42["a",{"k":1}]')]
 
 
 def test_masked_server_frame_is_unmasked() -> None:
-    frame = codec.encode_frame(codec.OP_TEXT, b"hello there", b"\x01\x02\x03\x04")
-    assert FrameParser().parse(bytearray(frame)) == ([(codec.OP_TEXT, b"hello there")], len(frame))
+    frame = wsframes.encode_frame(wsframes.OP_TEXT, b"hello there", b"\x01\x02\x03\x04")
+    assert FrameParser().parse(bytearray(frame)) == ([(wsframes.OP_TEXT, b"hello there")], len(frame))
 
 
 def test_control_frames() -> None:
-    stream = (server_frame(codec.OP_PING, b"a") + server_frame(codec.OP_PONG, b"")
-              + server_frame(codec.OP_CLOSE, codec.close_payload(1000, "done")))
+    stream = (server_frame(wsframes.OP_PING, b"a") + server_frame(wsframes.OP_PONG, b"")
+              + server_frame(wsframes.OP_CLOSE, wsframes.close_payload(1000, "done")))
     frames, _ = FrameParser().parse(bytearray(stream))
-    assert [op for op, _ in frames] == [codec.OP_PING, codec.OP_PONG, codec.OP_CLOSE]
-    assert codec.parse_close_payload(frames[2][1]) == (1000, "done")
+    assert [op for op, _ in frames] == [wsframes.OP_PING, wsframes.OP_PONG, wsframes.OP_CLOSE]
+    assert wsframes.parse_close_payload(frames[2][1]) == (1000, "done")
 
 
 @pytest.mark.parametrize(
@@ -169,48 +170,48 @@ def test_malformed_frames_raise_protocol_error(stream: bytes, message: str) -> N
 
 
 def test_encode_connect_default_and_custom_namespace() -> None:
-    assert codec.encode_connect("/", {"token": "t"}) == b'40{"token":"t"}'
-    assert codec.encode_connect("/", None) == b"40"
-    assert codec.encode_connect("/chat", {"token": "t"}) == b'40/chat,{"token":"t"}'
-    assert codec.encode_connect("/chat") == b"40/chat,"
+    assert packets.encode_connect("/", {"token": "t"}) == b'40{"token":"t"}'
+    assert packets.encode_connect("/", None) == b"40"
+    assert packets.encode_connect("/chat", {"token": "t"}) == b'40/chat,{"token":"t"}'
+    assert packets.encode_connect("/chat") == b"40/chat,"
 
 
 def test_encode_event_ack_disconnect_error_open() -> None:
-    assert codec.encode_event("join", {"room": "r"}) == b'42["join",{"room":"r"}]'
-    assert codec.encode_event("join", {"room": "r"}, 7) == b'427["join",{"room":"r"}]'
-    assert codec.encode_event("x", None, 3, "/ns") == b'42/ns,3["x"]'
-    assert codec.encode_ack(12, {"ok": True}) == b'4312[{"ok":true}]'
-    assert codec.encode_ack(1, None, "/ns") == b"43/ns,1[]"
-    assert codec.encode_disconnect() == b"41"
-    assert codec.encode_disconnect("/ns") == b"41/ns,"
-    assert codec.encode_connect_error("nope") == b'44{"message":"nope"}'
-    assert decode_packet(codec.encode_open("s1", 100, 200)).data["pingInterval"] == 100
-    assert codec.PING_PACKET == b"2" and codec.PONG_PACKET == b"3" and codec.CLOSE_PACKET == b"1"
+    assert packets.encode_event("join", {"room": "r"}) == b'42["join",{"room":"r"}]'
+    assert packets.encode_event("join", {"room": "r"}, 7) == b'427["join",{"room":"r"}]'
+    assert packets.encode_event("x", None, 3, "/ns") == b'42/ns,3["x"]'
+    assert packets.encode_ack(12, {"ok": True}) == b'4312[{"ok":true}]'
+    assert packets.encode_ack(1, None, "/ns") == b"43/ns,1[]"
+    assert packets.encode_disconnect() == b"41"
+    assert packets.encode_disconnect("/ns") == b"41/ns,"
+    assert packets.encode_connect_error("nope") == b'44{"message":"nope"}'
+    assert decode_packet(packets.encode_open("s1", 100, 200)).data["pingInterval"] == 100
+    assert packets.PING_PACKET == b"2" and packets.PONG_PACKET == b"3" and packets.CLOSE_PACKET == b"1"
 
 
 @pytest.mark.parametrize(
     "raw, expected",
     [
         (b'0{"sid":"a","upgrades":[],"pingInterval":25000,"pingTimeout":20000}',
-         Packet(codec.OPEN, data={"sid": "a", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000})),
-        (b"1", Packet(codec.CLOSE)),
-        (b"2", Packet(codec.PING)),
-        (b"2probe", Packet(codec.PING, data="probe")),
-        (b"3", Packet(codec.PONG)),
-        (b"6", Packet(codec.NOOP)),
-        (b'40{"sid":"x"}', Packet(codec.CONNECT, "/", None, {"sid": "x"})),
-        (b'40/chat,{"sid":"x"}', Packet(codec.CONNECT, "/chat", None, {"sid": "x"})),
-        (b"41", Packet(codec.DISCONNECT)),
-        (b"41/chat,", Packet(codec.DISCONNECT, "/chat")),
-        (b"41/chat", Packet(codec.DISCONNECT, "/chat")),
-        (b'42["new_message",{"id":1}]', Packet(codec.EVENT, "/", None, ["new_message", {"id": 1}])),
-        (b'42/chat,5["e",1,2]', Packet(codec.EVENT, "/chat", 5, ["e", 1, 2])),
-        (b'4317[{"id":3,"temp_id":"t"}]', Packet(codec.ACK, "/", 17, [{"id": 3, "temp_id": "t"}])),
-        (b"430[]", Packet(codec.ACK, "/", 0, [])),
-        (b'43/chat,2[null]', Packet(codec.ACK, "/chat", 2, [None])),
-        (b'44{"message":"invalid token"}', Packet(codec.CONNECT_ERROR, "/", None, {"message": "invalid token"})),
+         Packet(packets.OPEN, data={"sid": "a", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000})),
+        (b"1", Packet(packets.CLOSE)),
+        (b"2", Packet(packets.PING)),
+        (b"2probe", Packet(packets.PING, data="probe")),
+        (b"3", Packet(packets.PONG)),
+        (b"6", Packet(packets.NOOP)),
+        (b'40{"sid":"x"}', Packet(packets.CONNECT, "/", None, {"sid": "x"})),
+        (b'40/chat,{"sid":"x"}', Packet(packets.CONNECT, "/chat", None, {"sid": "x"})),
+        (b"41", Packet(packets.DISCONNECT)),
+        (b"41/chat,", Packet(packets.DISCONNECT, "/chat")),
+        (b"41/chat", Packet(packets.DISCONNECT, "/chat")),
+        (b'42["new_message",{"id":1}]', Packet(packets.EVENT, "/", None, ["new_message", {"id": 1}])),
+        (b'42/chat,5["e",1,2]', Packet(packets.EVENT, "/chat", 5, ["e", 1, 2])),
+        (b'4317[{"id":3,"temp_id":"t"}]', Packet(packets.ACK, "/", 17, [{"id": 3, "temp_id": "t"}])),
+        (b"430[]", Packet(packets.ACK, "/", 0, [])),
+        (b'43/chat,2[null]', Packet(packets.ACK, "/chat", 2, [None])),
+        (b'44{"message":"invalid token"}', Packet(packets.CONNECT_ERROR, "/", None, {"message": "invalid token"})),
         (b'451-["up",{"_placeholder":true,"num":0}]',
-         Packet(codec.BINARY_EVENT, "/", None, ["up", {"_placeholder": True, "num": 0}])),
+         Packet(packets.BINARY_EVENT, "/", None, ["up", {"_placeholder": True, "num": 0}])),
     ],
 )
 def test_decode_every_packet_kind(raw: bytes, expected: Packet) -> None:
@@ -219,15 +220,15 @@ def test_decode_every_packet_kind(raw: bytes, expected: Packet) -> None:
 
 
 def test_encode_decode_round_trip() -> None:
-    pkt = decode_packet(codec.encode_event("send_message", {"content": "héllo \u2603"}, 99, "/x"))
-    assert pkt == Packet(codec.EVENT, "/x", 99, ["send_message", {"content": "héllo \u2603"}])
-    assert decode_packet(codec.encode_ack(4, [1, 2])).data == [[1, 2]]
+    pkt = decode_packet(packets.encode_event("send_message", {"content": "héllo \u2603"}, 99, "/x"))
+    assert pkt == Packet(packets.EVENT, "/x", 99, ["send_message", {"content": "héllo \u2603"}])
+    assert decode_packet(packets.encode_ack(4, [1, 2])).data == [[1, 2]]
 
 
 def test_connect_error_message() -> None:
-    assert codec.connect_error_message({"message": "invalid token"}) == "invalid token"
-    assert codec.connect_error_message("legacy") == "legacy"
-    assert codec.connect_error_message(None) == "no reason given"
+    assert packets.connect_error_message({"message": "invalid token"}) == "invalid token"
+    assert packets.connect_error_message("legacy") == "legacy"
+    assert packets.connect_error_message(None) == "no reason given"
 
 
 @pytest.mark.parametrize(
@@ -253,3 +254,9 @@ def test_connect_error_message() -> None:
 def test_malformed_packets_raise_protocol_error(raw: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message.replace("[", r"\[")):
         decode_packet(raw)
+
+
+def test_an_ack_id_of_thousands_of_digits_is_a_protocol_error() -> None:
+    # int() refuses more than 4300 digits with ValueError: that must not escape the decoder
+    with pytest.raises(ProtocolError):
+        packets.decode_packet(b"43/chat," + b"9" * 5000 + b"[1]")

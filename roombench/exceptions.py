@@ -4,6 +4,7 @@
     ├── UsageError          bad option, SLO expression, profile or sweep file (exit 2)
     ├── TransportError      the connection could not be made or broke
     │   ├── ConnectFailed   refused / wrong URL / handshake or Socket.IO connect error
+    │   │   ├── Refused         the server answered connect with a refusal (``message``)
     │   │   ├── ConnectTimeout      no answer in time (``stage``: "handshake" or "session")
     │   │   └── HandshakeFailed     the WebSocket upgrade failed (``status``: HTTP status or None)
     │   └── ProtocolError   a frame or packet we cannot parse
@@ -34,6 +35,14 @@ class TransportError(RoombenchError):
 
 class ConnectFailed(TransportError):
     """Connecting failed: refused, bad URL, failed handshake, or a Socket.IO connect error."""
+
+
+class Refused(ConnectFailed):
+    """The server answered our connect with a refusal (Socket.IO 44, plain connect_error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"server refused the connection: {message}")
+        self.message = message
 
 
 class ConnectTimeout(ConnectFailed):

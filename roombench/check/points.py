@@ -24,7 +24,7 @@ import requests
 
 from roombench.check.client import CheckClient, Failed, Sent, Skipped, id_ok, message_problems
 from roombench.exceptions import BackfillError, BackfillShapeError, ConnectFailed, ConnectTimeout, HandshakeFailed
-from roombench.transport.framed import Refused
+from roombench.exceptions import Refused
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
 

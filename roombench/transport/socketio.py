@@ -15,10 +15,8 @@ from typing import Any
 import orjson
 
 from roombench.wire import frames, packets
-from roombench.transport.acks import SWEEP_INTERVAL, SWEEPER, AckTable
 from roombench.exceptions import ProtocolError
 from roombench.transport.handshake import Endpoint, socketio_endpoint
-from roombench.wire.profile import Profile
 from roombench.transport.base import AckCallback
 from roombench.transport.framed import Conn, FramedTransport
 

@@ -202,7 +202,7 @@ def test_every_variant_starts_passes_check_and_stops(variant: str) -> None:
 
 def test_hints_follow_the_exception_types_not_their_text() -> None:
     from roombench.exceptions import ConnectTimeout, HandshakeFailed
-    from roombench.transport.framed import Refused
+    from roombench.exceptions import Refused
 
     probe = _Check(f"http://127.0.0.1:{free_port()}", DEFAULT_PROFILE, "tok", 1.0, "lean")
     assert "token in" in probe.connect_hint(Refused("go away"))

@@ -35,7 +35,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from roombench.exceptions import RoombenchError
 from roombench.generator import Generator
-from roombench.measure.metrics import LocustBridge, log_failures
+from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
 from roombench.measure.report import ProcessReport

@@ -11,14 +11,13 @@ import pytest
 from locust.env import Environment
 from locust.stats import StatsEntry, bucket_response_time
 
+from roombench.locust.stats import LocustBridge, log_failures
 from roombench.measure.metrics import (
     FLUSH_EVERY,
     HIGHEST_US,
     METRICS,
-    LocustBridge,
     Metrics,
     locust_buckets,
-    log_failures,
     mean,
     new_histogram,
     percentiles,

@@ -20,7 +20,7 @@ import pytest
 import requests
 import websocket
 
-from roombench import servers
+from roombench.servers import variants as servers_variants
 from roombench.exceptions import ServerError
 from roombench.generator import Generator, run_for
 from roombench.chat.scenario import Scenario
@@ -209,7 +209,7 @@ def test_sigterm_exits_cleanly_and_fast() -> None:
 
 def test_missing_node_modules_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _need_node()
-    monkeypatch.setattr(servers, "NODE_DIR", tmp_path)
+    monkeypatch.setattr(servers_variants, "NODE_DIR", tmp_path)
     with pytest.raises(ServerError, match=r"npm ci --prefix roombench/servers/node"):
         start_server("node")
 

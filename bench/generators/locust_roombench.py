@@ -16,7 +16,7 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner
 
-import marks
+from bench.generators import marks
 from roombench.measure.metrics import percentiles
 from roombench.locust.users import ChatUser, current_generator
 

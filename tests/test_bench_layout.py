@@ -15,6 +15,6 @@ def test_generators_import_from_the_repo_root_without_shadowing_roombench() -> N
         "assert g is not r and g.__file__ != r.__file__, (g.__file__, r.__file__); "
         "assert 'genreport' in g.__file__ and 'roombench' in r.__file__; print('ok')"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

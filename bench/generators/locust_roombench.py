@@ -17,8 +17,8 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 from bench.generators import marks
-from roombench.measure.metrics import percentiles
 from roombench.locust.users import ChatUser, current_generator
+from roombench.measure.metrics import percentiles
 
 __all__ = ["ChatUser"]
 

@@ -31,7 +31,16 @@ from typing import Any
 
 from bench.generators import genreport as report
 from bench.generators.harness import measure
-from bench.generators.tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, PYTHON_TOOLS, REPO, TOOLS, Job, ensure_installed
+from bench.generators.tools import (
+    ARTILLERY_VERSION,
+    DEFAULT_TOOLS,
+    HERE,
+    PYTHON_TOOLS,
+    REPO,
+    TOOLS,
+    Job,
+    ensure_installed,
+)
 from roombench.measure.machine import machine_info
 from roombench.measure.summary import write_json
 

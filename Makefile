@@ -31,11 +31,11 @@ test: setup setup-servers
 	$(BIN)/python -m pytest -q
 
 sweep: setup setup-servers
-	$(BIN)/roombench sweep bench/default.toml
+	$(BIN)/roombench sweep bench/sweeps/default.toml
 
 # Generator capacity vs Locust's SocketIOUser, Artillery (installed on demand), Node's client
 genbench: setup setup-servers
-	$(BIN)/python bench/generators/run.py
+	$(BIN)/python -m bench.generators.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(NODE_DIR)/node_modules

@@ -16,9 +16,9 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner
 
-import marks
-from roombench.measure.metrics import percentiles
+from bench.generators import marks
 from roombench.locust.users import ChatUser, current_generator
+from roombench.measure.metrics import percentiles
 
 __all__ = ["ChatUser"]
 

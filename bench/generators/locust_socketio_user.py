@@ -20,7 +20,7 @@ from locust.contrib.socketio import SocketIOUser
 from locust.env import Environment
 from locust.runners import MasterRunner
 
-import marks
+from bench.generators import marks
 
 TOKEN = os.environ.get("BENCH_TOKEN", "")
 IDLE = os.environ.get("BENCH_MODE", "ack") == "idle"

@@ -1,4 +1,4 @@
-"""The driver side of the benchmark's mark protocol, for the two locustfiles (gevent).
+"""The tool side of the benchmark's mark protocol, for the two locustfiles and raw_client.py.
 
 Every generator process under test talks to ``run.py`` the same way, whatever the tool:
 
@@ -12,7 +12,9 @@ Every generator process under test talks to ``run.py`` the same way, whatever th
 
 Lines go to stdout as ``@@bench {json}`` in one write each, so the lines of several
 processes sharing the pipe (``locust --processes``) never interleave.
-``run.py`` reads CPU from /proc itself at the same wall-clock instants.
+``run.py`` reads CPU itself (psutil) at the same wall-clock instants. No gevent here:
+inside Locust ``time.sleep`` is gevent's (Locust monkey-patches on import), and
+raw_client.py has no gevent at all.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import gevent
+import psutil
 
 PREFIX = "@@bench "
 
@@ -36,11 +38,7 @@ def emit(event: str, **fields: Any) -> None:
 
 def rss() -> int:
     """This process's resident memory in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return int(psutil.Process().memory_info().rss)
 
 
 def expected_users() -> int:
@@ -55,12 +53,13 @@ def _window(path: str, deadline: float) -> tuple[float, float] | None:
                 w = json.load(f)
             return float(w["start"]), float(w["end"])
         except (OSError, ValueError, KeyError):
-            gevent.sleep(0.05)
+            time.sleep(0.05)
     return None
 
 
-def _sleep_until(t: float) -> None:
-    gevent.sleep(max(0.0, t - time.time()))
+def sleep_until(t: float) -> None:
+    """Sleep until wall-clock time ``t`` (the driver and the tools share the window's instants)."""
+    time.sleep(max(0.0, t - time.time()))
 
 
 def drive(connected: Callable[[], int], start: Callable[[], None], end: Callable[[], dict[str, Any]]) -> None:
@@ -72,14 +71,14 @@ def drive(connected: Callable[[], int], start: Callable[[], None], end: Callable
     deadline = t0 + float(os.environ.get("BENCH_READY_TIMEOUT", "60"))
     n = connected()
     while n < expected and time.time() < deadline:
-        gevent.sleep(0.1)
+        time.sleep(0.1)
         n = connected()
     emit("ready", connected=n, expected=expected, rss=rss(), t_begin=t0)
     window = _window(os.environ["BENCH_CTL"], time.time() + 120)
     if window is None:
         return
-    _sleep_until(window[0])
+    sleep_until(window[0])
     start()
     emit("start")
-    _sleep_until(window[1])
+    sleep_until(window[1])
     emit("end", **end())

@@ -1,6 +1,6 @@
 """The yardstick: the cheapest Socket.IO client this machine allows in Python, ack mode only.
 
-    BENCH_USERS=50 BENCH_CTL=ctl.json ... python raw_client.py --url http://127.0.0.1:PORT
+    BENCH_USERS=50 BENCH_CTL=ctl.json ... python -m bench.generators.raw_client --url http://127.0.0.1:PORT
 
 Not a load generator: no gevent, no Locust, no ledger, no histograms (a list of latencies
 sorted once at the end), no reconnects. One process, blocking sequential connects, then
@@ -31,8 +31,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-# marks.py imports gevent but patches nothing: these three are plain functions
-from marks import emit, expected_users, rss
+from bench.generators.marks import emit, expected_users, rss
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MASK = b"\x00\x00\x00\x00"  # a zero key is valid (RFC 6455 5.3) and makes masking a no-op

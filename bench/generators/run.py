@@ -1,6 +1,6 @@
 """Generator benchmark: roombench against Locust's SocketIOUser, Artillery and Node's client.
 
-    python bench/generators/run.py [--quick] [--rounds 3] [--suites ack,fanout,idle,processes]
+    python -m bench.generators.run [--quick] [--rounds 3] [--suites ack,fanout,idle,processes]
 
 In ONE run, on the same server (Node's official socket.io 4.8, one process, started
 fresh for every measurement) and the same load, alternating the tools round by round:
@@ -23,20 +23,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import report  # noqa: E402
-from measure import measure  # noqa: E402
-from tools import ARTILLERY_VERSION, DEFAULT_TOOLS, HERE, PYTHON_TOOLS, TOOLS, Job, ensure_installed  # noqa: E402
-
-from roombench.measure.machine import machine_info  # noqa: E402
+from bench.generators import genreport as report
+from bench.generators.harness import measure
+from bench.generators.tools import (
+    ARTILLERY_VERSION,
+    DEFAULT_TOOLS,
+    HERE,
+    PYTHON_TOOLS,
+    REPO,
+    TOOLS,
+    Job,
+    ensure_installed,
+)
+from roombench.measure.machine import machine_info
+from roombench.measure.summary import write_json
 
 SCHEMA = "roombench.genbench/1"
 FANOUT_USERS = 100
@@ -73,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--rereport", type=Path, metavar="JSON",
                    help="measure nothing: re-derive medians, ratios, targets and the .md of an earlier "
-                   "results JSON (after a change to report.py)")
+                   "results JSON (after a change to genreport.py)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy profiles (pip install py-spy): one extra round of each Python generator "
                    "at 50 connections, apart from the measured ones (py-spy's CPU would slow the shared "
@@ -125,18 +131,15 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
 
 def _versions() -> dict[str, Any]:
     lock = json.loads((HERE / "node_client" / "package-lock.json").read_text())
-    server_lock = json.loads((HERE.parent.parent / "roombench/servers/node/package-lock.json").read_text())
+    server_lock = json.loads((REPO / "roombench/servers/node/package-lock.json").read_text())
     return {"artillery": ARTILLERY_VERSION,
             "socket.io-client": lock["packages"]["node_modules/socket.io-client"]["version"],
             "socket.io (server)": server_lock["packages"]["node_modules/socket.io"]["version"]}
 
 
 def _write(doc: dict[str, Any], out: Path, stamp: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, doc)
     return path
 
 

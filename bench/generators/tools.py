@@ -30,7 +30,8 @@ NODE_CLIENT = HERE / "node_client"
 ARTILLERY_DIR = HERE / ".artillery"
 ARTILLERY_VERSION = "2.0.34"
 ARTILLERY_BIN = ARTILLERY_DIR / "node_modules" / "artillery" / "bin" / "run"
-SERVER_DIR = HERE.parent.parent / "roombench" / "servers" / "node"
+REPO = HERE.parent.parent  # the tools run from here: ``bench.generators`` and this roombench import
+SERVER_DIR = REPO / "roombench" / "servers" / "node"
 
 #: tool name -> which modes it runs (Artillery's engine measures acks only; SocketIOUser
 #: has no fan-out latency of its own: it logs every received event with response time 0)
@@ -101,7 +102,7 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
     if job.tool == "locust-socketio":
         return _locust(job, url, "locust_socketio_user.py", []), env
     if job.tool == "python-raw":
-        return [sys.executable, str(HERE / "raw_client.py"), "--url", url], env
+        return [sys.executable, "-m", "bench.generators.raw_client", "--url", url], env
     node = shutil.which("node") or "node"
     if job.tool == "node-client":
         return [node, str(NODE_CLIENT / "client.js"), "--url", url, "--token", token, "--connections",

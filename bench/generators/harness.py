@@ -3,7 +3,7 @@
 The server is started anew for every measurement (its in-memory store grows with every
 message; a fresh one gives every tool the same server). The tool connects, says
 ``ready`` (marks.py), and this process writes the window (wall-clock start and end) to
-the control file; it reads the tool's and the server's CPU from /proc at exactly those
+the control file; it reads the tool's and the server's CPU (psutil) at exactly those
 instants while the tool counts acks / deliveries between them.
 """
 
@@ -17,17 +17,71 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import procstat
-import pyspy
-from tools import HERE, Job, command
+import psutil
 
+from bench.generators import pyspy
+from bench.generators.marks import sleep_until
+from bench.generators.tools import REPO, Job, command
+from roombench.measure.summary import write_json
 from roombench.servers import start_server
 
 TOKEN = "genbench"
 STARTUP_S = 30.0  # a tool's own start (imports, Artillery's boot) before its first mark
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds in user and kernel mode."""
+
+    user: float = 0.0
+    system: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """user + system."""
+        return self.user + self.system
+
+    def __add__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user + other.user, self.system + other.system)
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user - other.user, self.system - other.system)
+
+
+def cpu(pid: int) -> Cpu:
+    """CPU used so far by one process (all its threads); zero if it is gone."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return Cpu()
+    return Cpu(t.user, t.system)
+
+
+def tree_cpu(pid: int) -> Cpu:
+    """CPU used so far by ``pid`` and its live descendants (Locust's workers, Artillery's helpers)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return Cpu()
+    total = Cpu()
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total = total + Cpu(t.user, t.system)
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy so far (all but idle and iowait; guest is inside user)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - t.iowait - t.guest - t.guest_nice
 
 
 class Marks:
@@ -63,8 +117,8 @@ class Marks:
                                        f"within {timeout:g} s; exit code {self.proc.poll()}; output tail:\n{tail}")
                 continue
             m["received"] = time.time()
-            m["tree_cpu"] = procstat.tree_cpu(self.proc.pid)
-            m["server_cpu"] = procstat.cpu(self.server_pid).total
+            m["tree_cpu"] = tree_cpu(self.proc.pid)
+            m["server_cpu"] = cpu(self.server_pid).total
             self.seen.setdefault(m["ev"], []).append(m)
         return self.seen[event][:count]
 
@@ -72,16 +126,21 @@ class Marks:
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the tool's process tree: its figures are in, and a graceful stop (Locust
     draining and closing 20,000 sessions) would only cost the benchmark minutes."""
-    for pid in procstat.descendants(proc.pid):  # only processes this tool run started
+    try:  # collected first: once the group is dead, its orphans are no longer below proc
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        below = []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the tool leads its own session (start_new_session)
+    except ProcessLookupError:
+        pass
+    for p in below:  # anything that left the group (its own setsid)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            if os.getpgid(p.pid) != proc.pid:
+                p.kill()  # psutil checks the pid was not reused
+        except (ProcessLookupError, psutil.Error):
             pass
     proc.wait()
-
-
-def _sleep_until(t: float) -> None:
-    time.sleep(max(0.0, t - time.time()))
 
 
 def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = None) -> dict[str, Any]:
@@ -95,7 +154,7 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
         ctl = workdir / "ctl.json"
         argv, env = command(job, server.url, TOKEN, ctl, workdir)
         with open(workdir / "stderr.log", "wb") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=HERE,
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=REPO,
                                     start_new_session=True)
         marks = Marks(proc, server.pid)
         try:
@@ -103,15 +162,14 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
             marks.wait("ready", job.processes, job.ready_timeout + STARTUP_S)
             t_start = time.time() + warmup
             t_end = t_start + duration
-            (workdir / "ctl.tmp").write_text(json.dumps({"start": t_start, "end": t_end}))
-            os.replace(workdir / "ctl.tmp", ctl)
-            _sleep_until(t_start)
-            g0, s0, m0, w0 = procstat.tree_cpu(proc.pid), procstat.cpu(server.pid), procstat.machine_busy(), time.time()
+            write_json(ctl, {"start": t_start, "end": t_end})
+            sleep_until(t_start)
+            g0, s0, m0, w0 = tree_cpu(proc.pid), cpu(server.pid), machine_busy(), time.time()
             spy = None
             if profile_to is not None and job.processes == 1 and job.tool not in ("artillery", "node-client"):
                 spy = pyspy.start(proc.pid, duration - 0.2, profile_to)
-            _sleep_until(t_end)
-            g1, s1, m1, w1 = procstat.tree_cpu(proc.pid), procstat.cpu(server.pid), procstat.machine_busy(), time.time()
+            sleep_until(t_end)
+            g1, s1, m1, w1 = tree_cpu(proc.pid), cpu(server.pid), machine_busy(), time.time()
             marks.wait("end", job.processes, 30)
             marks.wait("start", job.processes, 1)
             out = _figures(job, marks.seen, g1 - g0, (s1 - s0).total, w1 - w0)
@@ -128,7 +186,7 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
             server.stop()
 
 
-def _figures(job: Job, seen: dict[str, list[dict[str, Any]]], gen: procstat.Cpu, server_cpu: float,
+def _figures(job: Job, seen: dict[str, list[dict[str, Any]]], gen: Cpu, server_cpu: float,
              wall: float) -> dict[str, Any]:
     """Per-window figures, summed over the tool's processes."""
     starts = {m["pid"]: m for m in seen["start"]}

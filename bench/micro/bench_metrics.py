@@ -2,7 +2,7 @@
 
 Prints nanoseconds per operation (best of a few repeats, loop overhead included).
 The machine is shared: run it twice and trust the lower numbers.
-Run: ``python bench/bench_metrics.py [--n 200000]``. Not a test; bounded to a few seconds.
+Run: ``python -m bench.micro.bench_metrics [--n 200000]``. Not a test; bounded to a few seconds.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Rounds alternate which transport goes first so drift on a shared machine hits bo
 The ``ws`` transport (plain WebSocket) runs against the ``ws`` server variant, the others
 against ``py``; both servers run for the whole benchmark.
 
-    python bench/bench_transport.py [--connections 50] [--duration 5] [--rounds 2] [--transports lean,compat,ws]
+    python -m bench.micro.bench_transport [--connections 50] [--duration 5] [--rounds 2] [--transports lean,compat,ws]
 """
 
 from gevent import monkey

@@ -1,0 +1,1 @@
+"""Benchmark drivers of roombench (not part of the package): sweeps/, micro/, generators/."""

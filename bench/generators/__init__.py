@@ -1,0 +1,1 @@
+"""The generator comparison: ``python -m bench.generators.run`` from the repository root."""

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(event names from --profile, else the contract's)")
 
     w = sub.add_parser("sweep", help="server variants x load steps from a TOML file -> results/<run-id>/")
-    w.add_argument("file", type=Path, help="sweep file, e.g. bench/smoke.toml")
+    w.add_argument("file", type=Path, help="sweep file, e.g. bench/sweeps/smoke.toml")
     w.add_argument("--resume", type=Path, metavar="DIR", help="finish an interrupted sweep in DIR")
     w.add_argument("--plot", action="store_true", help="also write the figures and report.md when done")
 

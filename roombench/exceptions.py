@@ -12,7 +12,7 @@
     │   └── BackfillShapeError  JSON, but not a list of messages where the profile says
     ├── ReportError         a process report of an unknown schema, or none to merge
     │   └── ReportMismatch  reports of different runs (scenario, profile, target) merged
-    └── ServerError         a server variant would not start or never became ready
+    └── ServerError         a server variant would not start or never became ready (``port_taken``)
 
 Messages name the culprit and what to do, so the CLI can print one line and exit.
 Callers decide on types and fields, never on message text.
@@ -88,4 +88,11 @@ class ReportMismatch(ReportError):
 
 
 class ServerError(RoombenchError):
-    """A server under test failed to start or to become ready."""
+    """A server under test failed to start or to become ready.
+
+    ``port_taken``: it exited because its port was taken (a free-port race; worth a retry).
+    """
+
+    def __init__(self, message: str, *, port_taken: bool = False) -> None:
+        super().__init__(message)
+        self.port_taken = port_taken

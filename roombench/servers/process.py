@@ -169,10 +169,9 @@ def _start(spec: Variant, port: int, token: str | None, extra: list[str], host: 
             _wait_ready(server, ready_timeout)
             return server
         except ServerError as exc:
-            taken = "address already in use" in str(exc).lower()
             if server is not None:
                 server.stop()
-            if not (taken and attempt < attempts):
+            if not (exc.port_taken and attempt < attempts):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -274,9 +273,12 @@ def _wait_ready(server: ServerProcess, timeout: float) -> None:
     while True:
         dead = next((proc for proc in server._procs() if proc.poll() is not None), None)
         if dead is not None:
+            tail = server.log_tail()
+            # the one place a foreign process's words are read: its log is all it tells us
             raise ServerError(
                 f"server variant {server.variant!r} exited with code {dead.returncode} "
-                f"before it was ready on {server.url}; log tail:\n{server.log_tail()}"
+                f"before it was ready on {server.url}; log tail:\n{tail}",
+                port_taken="address already in use" in tail.lower(),
             )
         pending = [url for url in pending if not _healthy(url)]
         if not pending:

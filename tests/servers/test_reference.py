@@ -243,8 +243,9 @@ def test_context_manager_and_fixed_port() -> None:
 
 def test_start_server_reports_a_port_in_use() -> None:
     with busy_port() as port:
-        with pytest.raises(ServerError, match="(?i)address already in use"):
+        with pytest.raises(ServerError, match="(?i)address already in use") as caught:
             start_server("py", port=port)
+    assert caught.value.port_taken  # a field to decide on, not the message text
 
 
 def test_start_server_rejects_bad_input() -> None:

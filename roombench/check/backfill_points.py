@@ -6,9 +6,8 @@ A mixin of the check's runner (:class:`roombench.check.points._Check`): it uses 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -17,27 +16,6 @@ from roombench.check.client import Failed, Skipped, id_ok, message_problems
 from roombench.exceptions import BackfillError, BackfillShapeError
 from roombench.wire.profile import Profile
 from roombench.chat.backfill import BackfillClient
-
-
-Status = Literal["PASS", "FAIL", "SKIP"]
-
-#: every contract point, in the order they are checked and printed
-POINTS: dict[str, str] = {
-    "connect": "two clients connect (path, namespace, token placement)",
-    "auth": "a wrong token is refused",
-    "join": "join is acked with {ok: true, last_id: int|null}",
-    "confirm": "send_message is confirmed (ack or echo, as ack_mode says)",
-    "fanout": "new_message reaches every member with every field",
-    "ids": "ids are positive integers, increasing per channel",
-    "typing": "typing reaches the other member, not the typist",
-    "read_receipt": "a read receipt reaches the room",
-    "backfill": "REST backfill: messages in id order, after and limit honoured",
-    "backfill_auth": "REST backfill refuses a wrong token (401/403)",
-    "reconnect": "a dropped client reconnects, rejoins and gets live messages again",
-    "catch_up": "backfill after the rejoin brings what was sent while away",
-}
-
-_now = time.monotonic
 
 
 class BackfillPoints:

@@ -8,6 +8,7 @@ adds run metadata and SLO verdicts, rewrites it atomically and prints the table.
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, load_profile
-from roombench.chat.scenario import Scenario
+from roombench.chat.scenario import TOKEN_ENV, Scenario
 from roombench.servers import ServerProcess, start_server
 from roombench.measure.summary import apply_slos, format_table, load_summary, parse_slo, write_json
 
@@ -81,6 +82,15 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+def child_env(scenario: Scenario) -> dict[str, str]:
+    """The Locust child's environment: ours plus the token (never on its command line)."""
+    env = dict(os.environ)
+    env.pop(TOKEN_ENV, None)
+    if scenario.token:
+        env[TOKEN_ENV] = scenario.token
+    return env
+
+
 def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> list[str]:
     """The Locust child's command line."""
     cmd = [
@@ -92,7 +102,8 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
     if opts.processes > 1:
         cmd += ["--processes", str(opts.processes)]
     for f in fields(Scenario):
-        cmd += ["--" + f.name.replace("_", "-"), str(getattr(scenario, f.name))]
+        if f.name != "token":  # by environment (child_env): a command line is visible to every local user
+            cmd += ["--" + f.name.replace("_", "-"), str(getattr(scenario, f.name))]
     if opts.wire.source:
         cmd += ["--server-profile", opts.wire.source]
     return cmd
@@ -140,7 +151,7 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> d
         print(f"roombench: {opts.users} users x {scenario.rate} msg/s for {opts.duration:g} s against {host}", flush=True)
     limit = opts.duration + scenario.warmup + 2 * scenario.drain + 60
     with open(out / "locust.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
         try:
             proc.wait(timeout=limit)
         except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -103,6 +104,10 @@ OPTION_HELP |= {  # every time option is bounded; say so where users look
 }
 
 
+#: the environment variable a Locust process reads the token from (`roombench run` sets it)
+TOKEN_ENV = "ROOMBENCH_TOKEN"
+
+
 def add_arguments(parser: Any, *, include_locust_ui: bool = False) -> None:
     """Add every scenario option to an argparse (or Locust's configargparse) parser."""
     defaults = Scenario()
@@ -113,8 +118,14 @@ def add_arguments(parser: Any, *, include_locust_ui: bool = False) -> None:
             kwargs["choices"] = ["callback", "echo"] if f.name == "ack" else ["lean", "compat", "ws"]
         else:
             kwargs["type"] = type(default)
+        if f.name == "token":
+            # a token on a command line is visible to every local user (ps): prefer the environment
+            kwargs["default"] = os.environ.get(TOKEN_ENV, "")
+            kwargs["help"] += f" (default: ${TOKEN_ENV}, which keeps it off the command line)"
         if include_locust_ui:
             kwargs["include_in_web_ui"] = True
             if f.name == "token":
                 kwargs["is_secret"] = True
+                # how roombench run hands it to its Locust child: never on a command line (ps)
+                kwargs["env_var"] = TOKEN_ENV
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)

@@ -101,3 +101,20 @@ def test_processes_merge_into_one_summary(tmp_path: Path) -> None:
     d = s["delivery"]
     assert d["sent"] == d["acked"] > 0 and d["expected"] == d["delivered_live"] + d["recovered"]
     assert s["latency_ms"]["ack"]["count"] == d["acked"]
+
+
+def test_the_token_reaches_locust_by_environment_never_its_command_line(tmp_path: Path, ref_server: Any) -> None:
+    from roombench.bench.run import RunOptions, child_env, locust_command
+    from roombench.chat.scenario import TOKEN_ENV, Scenario
+
+    secret = "tok-" + "s3cr3t" * 4
+    scenario = Scenario(token=secret)
+    opts = RunOptions(host=ref_server.url, scenario=scenario)
+    assert not any(secret in arg for arg in locust_command(opts, ref_server.url, tmp_path, scenario))
+    assert child_env(scenario)[TOKEN_ENV] == secret
+    # and the child really authenticates with it: the reference server refuses a wrong token
+    res = roombench("run", "--host", ref_server.url, "--token", REF_TOKEN, "--users", "2", "--duration", "2",
+                    "--out", str(tmp_path / "run"), "--slo", "ack.count>0", timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    written = b"".join(p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert REF_TOKEN.encode() not in written

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import json
 import sys
 from typing import NoReturn, Sequence
 
 from roombench.servers import VARIANTS
+from roombench.servers.variants import SERVER_TOKEN_ENV
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("variant", choices=runnable, help="server variant")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--token", default=None, help="require this token (auth and REST)")
+    parser.add_argument("--token", default=os.environ.get(SERVER_TOKEN_ENV),
+                        help=f"require this token (auth and REST); default ${SERVER_TOKEN_ENV}, "
+                        "which keeps it off the command line")
     parser.add_argument("--faults", default="", metavar="JSON",
                         help='deliberate misbehaviour for tests, e.g. \'{"drop_live_every": 2}\' (see Faults)')
     parser.add_argument("--redis", default="", metavar="URL",

@@ -20,7 +20,7 @@ from typing import Any
 
 from roombench.exceptions import ServerError, UsageError
 
-from roombench.servers.variants import VARIANTS, Variant
+from roombench.servers.variants import SERVER_TOKEN_ENV, VARIANTS, Variant
 
 READY_TIMEOUT = 15.0
 _LOG_TAIL_BYTES = 2000
@@ -194,9 +194,7 @@ def _argv(spec: Variant, host: str, port: int, token: str | None, extra: list[st
     if spec.command is not None:
         return spec.command(host, port, token) + extra  # a foreign server takes --faults JSON too
     argv = [sys.executable, "-m", "roombench.servers", spec.name]
-    argv += ["--host", host, "--port", str(port)]
-    if token is not None:
-        argv += ["--token", token]
+    argv += ["--host", host, "--port", str(port)]  # the token: by environment (_popen)
     return argv + extra
 
 
@@ -219,7 +217,7 @@ def _spawn(
             redis_url = start_redis(log_path, started)
             argvs = [argv + ["--redis", redis_url] for argv in argvs]
         for argv in argvs:
-            started.append(_popen(argv, log_path))
+            started.append(_popen(argv, log_path, token))
     except BaseException:  # Ctrl-C included: nothing may outlive a failed start
         _terminate(started[::-1], 2.0)
         if own_log:
@@ -234,8 +232,11 @@ def _spawn(
     return server
 
 
-def _popen(argv: list[str], log_path: str) -> subprocess.Popen:
+def _popen(argv: list[str], log_path: str, token: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop(SERVER_TOKEN_ENV, None)
+    if token is not None:
+        env[SERVER_TOKEN_ENV] = token
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env

@@ -38,6 +38,9 @@ class Variant:
     transport: Transport = "lean"
 
 
+#: where a server we start reads its token: a command line is visible to every local user (ps)
+SERVER_TOKEN_ENV = "ROOMBENCH_SERVER_TOKEN"
+
 #: the node variant's package: server.js, package.json and (after `npm ci`) node_modules
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -52,8 +55,8 @@ def _node_command(host: str, port: int, token: str | None) -> list[str]:
             f"server variant 'node' has no node_modules in {NODE_DIR}; "
             "run: npm ci --prefix roombench/servers/node"
         )
-    argv = [node, str(NODE_DIR / "server.js"), "--host", host, "--port", str(port)]
-    return argv if token is None else argv + ["--token", token]
+    # the token goes by environment (SERVER_TOKEN_ENV, set by process._popen), never argv
+    return [node, str(NODE_DIR / "server.js"), "--host", host, "--port", str(port)]
 
 
 VARIANTS: dict[str, Variant] = {

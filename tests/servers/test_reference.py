@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
+import socketio
 import websocket
 
 from roombench.exceptions import ServerError, UsageError
@@ -266,3 +268,23 @@ def test_cli_bad_args_print_one_line_and_exit_2(args: list[str]) -> None:
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+
+
+@pytest.mark.parametrize("variant", ["py", "node"])
+def test_the_token_is_on_no_server_command_line(variant: str) -> None:
+    import shutil
+
+    if variant == "node" and shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    secret = "tok-" + "c0mmand" * 3
+    server = start_server(variant, token=secret)
+    try:
+        for proc in server._procs():
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            assert secret.encode() not in cmdline, cmdline
+        peer = Peer(server.url, token=secret)  # it got the token: it accepts it
+        peer.client.disconnect()
+        with pytest.raises(socketio.exceptions.ConnectionError):  # and requires it
+            Peer(server.url, token="wrong")
+    finally:
+        server.stop()

@@ -53,7 +53,8 @@ function usageError(message) {
 }
 
 function parseArgs(argv) {
-  const args = { host: "127.0.0.1", port: 8000, token: null, redis: null, faults: "" };
+  // the token comes by environment when roombench starts us (never on a command line: ps shows it)
+  const args = { host: "127.0.0.1", port: 8000, token: process.env.ROOMBENCH_SERVER_TOKEN ?? null, redis: null, faults: "" };
   for (let i = 0; i < argv.length; i++) {
     let key = argv[i];
     let value;

@@ -127,6 +127,19 @@ def _scenario(spec: dict[str, Any], step: dict[str, Any]) -> Scenario:
     return Scenario(**{k: v for k, v in opts.items() if k not in ("users", "spawn_rate")}).validate()
 
 
+def redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """The sweep as run.json records it: every ``token`` (a variant's, a step's, the file's)
+    replaced by "***", so a result folder can be shared."""
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ("***" if k == "token" and v else scrub(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return scrub(spec)
+
+
 def plan(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every (variant, step, repeat) in run order: variant by variant, stepping load up."""
     return [{"variant": v["name"], "step": i, "repeat": r, "dir": f"{v['name']}/s{i}-r{r}"}
@@ -143,7 +156,7 @@ def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path
             raise UsageError(f"--resume {resume}: no run.json there")
         meta = load_run(out)
     else:
-        meta = {"schema": RUN_SCHEMA, "sweep_file": str(path), "sweep": spec, "machine": machine_info(),
+        meta = {"schema": RUN_SCHEMA, "sweep_file": str(path), "sweep": redacted(spec), "machine": machine_info(),
                 "started": time.time(), "plan": plan(spec), "done": [], "capacity": {}}
     todo = [p for p in meta["plan"] if p["dir"] not in meta["done"]]
     progress = _Progress(len(todo))

@@ -30,6 +30,7 @@ reconnect_delay = 0.1
 drain = 2
 [[variants]]
 name = "py"
+token = "tiny-s3cret-t0ken"
 stop_p99_ms = {limit}
 [[variants]]
 name = "node"
@@ -65,6 +66,8 @@ def test_tiny_sweep_writes_results_and_every_plot(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "| py |" in report and "| node |" in report and " cores" in report
+    leaked = [p for p in out.rglob("*") if p.is_file() and b"tiny-s3cret-t0ken" in p.read_bytes()]
+    assert not leaked, leaked  # run.json records the sweep with its tokens redacted
 
 
 @pytest.mark.timeout(120)

@@ -45,6 +45,17 @@ class Endpoint:
     auth: dict[str, Any] | None
 
     @property
+    def safe_url(self) -> str:
+        """``ws_url`` fit to print: every query value redacted (a token may ride in the query)."""
+        base, sep, query = self.ws_url.partition("?")
+        if not sep:
+            return base
+        keep = ("EIO", "transport")  # the protocol's own, never secret
+        parts = [kv if kv.partition("=")[0] in keep else kv.partition("=")[0] + "=***"
+                 for kv in query.split("&") if kv]
+        return base + "?" + "&".join(parts)
+
+    @property
     def base_url(self) -> str:
         """http(s)://host:port/ with the query: what python-socketio's connect() takes."""
         netloc = f"[{self.host}]" if ":" in self.host else self.host
@@ -164,7 +175,7 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
         status, reason, headers, rest = _read_answer(sock)
         if status != 101:
             sock.close()
-            raise HandshakeFailed(f"WebSocket handshake with {ep.ws_url} refused: HTTP {status} {reason}".rstrip()
+            raise HandshakeFailed(f"WebSocket handshake with {ep.safe_url} refused: HTTP {status} {reason}".rstrip()
                                   + body_excerpt(rest) + hint, status)
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != accept:
@@ -174,7 +185,7 @@ def connect_websocket(ep: Endpoint, timeout: float, hint: str = "") -> tuple[Any
     except OSError as exc:
         sock.close()
         kind = ConnectTimeout if isinstance(exc, TimeoutError) else HandshakeFailed
-        raise kind(f"WebSocket handshake with {ep.ws_url} failed: {exc}{hint}") from None
+        raise kind(f"WebSocket handshake with {ep.safe_url} failed: {exc}{hint}") from None
     except BaseException:  # a gevent.Timeout of the caller
         sock.close()
         raise

@@ -39,10 +39,10 @@ def preflight(base: str, token: str | None, profile: Profile = DEFAULT_PROFILE, 
     try:
         ws = websocket.create_connection(ep.ws_url, timeout=timeout, header=header)
     except websocket.WebSocketBadStatusException as exc:  # its str() is the whole answer, body and all
-        raise ConnectFailed(f"websocket handshake with {ep.ws_url} refused: HTTP {exc.status_code}"
+        raise ConnectFailed(f"websocket handshake with {ep.safe_url} refused: HTTP {exc.status_code}"
                             + body_excerpt(exc.resp_body)) from None
     except (OSError, websocket.WebSocketException) as exc:
-        raise ConnectFailed(f"websocket handshake with {ep.ws_url} failed: {' '.join(str(exc).split()):.160}") from None
+        raise ConnectFailed(f"websocket handshake with {ep.safe_url} failed: {' '.join(str(exc).split()):.160}") from None
     try:
         if transport == "ws":
             _plain_connect(ws)

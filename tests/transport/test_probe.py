@@ -52,3 +52,23 @@ def test_transport_handshake_error_is_one_line(http_server: str, transports: Any
     with pytest.raises(ConnectFailed) as exc:
         transport.connect()
     _one_line(str(exc.value))
+
+
+SECRET = "tok-" + "qu3ry" * 4
+
+
+@pytest.mark.parametrize("kind", ["lean", "ws"])
+def test_a_token_in_the_query_is_redacted_from_handshake_errors(http_server: str, transports: Any,
+                                                                 kind: str) -> None:
+    from dataclasses import replace
+
+    from roombench.wire.profile import DEFAULT_PROFILE
+
+    profile = replace(DEFAULT_PROFILE, token_in="query")
+    with pytest.raises(ConnectFailed) as exc:
+        preflight(http_server, SECRET, profile, transport=kind, timeout=3.0)
+    assert SECRET not in str(exc.value) and "***" in str(exc.value), exc.value
+    transport, _ = transports(http_server, kind=kind, token=SECRET, profile=profile)
+    with pytest.raises(ConnectFailed) as exc:
+        transport.connect()
+    assert SECRET not in str(exc.value) and "***" in str(exc.value), exc.value

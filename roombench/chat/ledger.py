@@ -173,18 +173,25 @@ class Ledger:
             self._retire(temp_id, rec)
         return rec[_T]
 
-    def on_ack_failed(self, temp_id: str, reason: str) -> None:
-        """The ack never came (``reason == "timeout"``) or was an error; deliveries still count."""
+    def on_ack_failed(self, temp_id: str, reason: str) -> float | None:
+        """The ack never came (``reason == "timeout"``) or was an error; deliveries still count.
+
+        Returns the intended send time of a timed-out message (the caller records the ack
+        latency it had reached, so a stall can never make the percentiles look better);
+        None otherwise."""
         rec = self._records.get(temp_id)
         if rec is None or rec[_SETTLED]:
-            return
+            return None
         rec[_SETTLED] = True
+        t0: float | None = None
         if reason == "timeout":
             self._ack_timeouts += 1
+            t0 = rec[_T]
         else:
             self._ack_errors += 1
         if not rec[_PENDING]:
             self._retire(temp_id, rec)
+        return t0
 
     def void(self, temp_id: str) -> bool:
         """The message never reached the server: settle its ack as voided and withdraw its

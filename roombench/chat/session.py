@@ -233,7 +233,13 @@ class ChatSession:
             else:
                 self.disconnected_sends[temp_id] = ""
         else:
-            ledger.on_ack_failed(temp_id, error)
+            self._record_timeout(ledger.on_ack_failed(temp_id, error), t)
+
+    def _record_timeout(self, t0: float | None, t: float) -> None:
+        # a timed-out ack counts at the latency it had reached (>= ack_timeout): leaving the
+        # slowest answers out would make a stall look better (docs/ARCHITECTURE.md, Timing)
+        if t0 is not None:
+            self.gen.metrics.record("ack", t - t0)
 
     def _expire_unconfirmed(self) -> None:
         """Echo mode: messages whose echo did not come within ack_timeout."""
@@ -243,7 +249,7 @@ class ChatSession:
         late = [tid for tid, deadline in self.unconfirmed.items() if deadline < t]
         for tid in late:
             del self.unconfirmed[tid]
-            self.gen.ledger.on_ack_failed(tid, "timeout")
+            self._record_timeout(self.gen.ledger.on_ack_failed(tid, "timeout"), t)
 
     # -- receiving (inline on the receive path) --------------------------------------
 

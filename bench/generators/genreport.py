@@ -9,7 +9,7 @@ from typing import Any
 FIGURES = ("acks_per_s", "deliveries_per_s", "us_cpu_per_ack", "us_cpu_per_delivery", "gen_cpu_pct",
            "gen_user_pct", "gen_sys_pct", "server_cpu_pct", "other_cpu_pct", "connected", "lat.ack.p50_ms", "lat.ack.p99_ms",
            "lat.fanout.p50_ms", "lat.fanout.p99_ms", "rss_per_conn_kb", "connects_per_s", "us_cpu_per_connect",
-           "server_us_cpu_per_connect", "server_connect_cpu_pct")
+           "server_us_cpu_per_connect", "server_connect_cpu_pct", "server_us_cpu_per_ack", "gen_to_server")
 KEY = ("suite", "tool", "connections", "room_size", "processes", "rate")
 #: the yardstick (raw_client.py): left out of ratios(); floor_lines() reads every tool against it
 YARDSTICK = "python-raw"
@@ -145,6 +145,71 @@ def targets(rows: list[dict[str, Any]], fd_cap: int) -> dict[str, Any]:
     return out
 
 
+def _per_round(runs: list[dict[str, Any]], suite: str, tool: str, fig: str, **where: Any) -> dict[int, float]:
+    """round -> ``fig`` of one tool's measurement (rounds alternate the tools' order)."""
+    out: dict[int, float] = {}
+    for r in runs:
+        if ("error" not in r and r["suite"] == suite and r["tool"] == tool and r.get(fig)
+                and all(r.get(k) == v for k, v in where.items())):
+            out[r["round"]] = r[fig]
+    return out
+
+
+def ratio_range(runs: list[dict[str, Any]], suite: str, a: str, b: str, fig: str,
+                **where: Any) -> tuple[float, float, float] | None:
+    """(median, min, max) over rounds of tool a's ``fig`` / tool b's, paired round by round:
+    both measured minutes apart on the same shared machine, so the pair is what compares."""
+    xa, xb = _per_round(runs, suite, a, fig, **where), _per_round(runs, suite, b, fig, **where)
+    vals = [xa[k] / xb[k] for k in xa if k in xb]
+    if not vals:
+        return None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def cost_targets(doc: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14's targets for roombench-lean, each a ratio within this run with its range over rounds."""
+    runs, out = doc["runs"], {}
+    lean = "roombench-lean"
+
+    def verdict(name: str, rr: tuple[float, float, float] | None, limit: float, want: str) -> None:
+        if rr is None:
+            out[name] = {"value": None, "range": None, "want": want, "pass": None}
+            return
+        med, lo, hi = rr
+        out[name] = {"value": round(med, 3), "range": [round(lo, 3), round(hi, 3)], "want": want, "pass": med <= limit}
+
+    for n in sorted({r["connections"] for r in runs if r.get("suite") == "ack"}):
+        verdict(f"cost.vs_raw@{n}", ratio_range(runs, "ack", lean, YARDSTICK, "us_cpu_per_ack", connections=n, processes=1),
+                1.15, f"<= 1.15x python-raw's CPU per ack at {n} connections")
+        verdict(f"cost.vs_node_client@{n}",
+                ratio_range(runs, "ack", lean, "node-client", "us_cpu_per_ack", connections=n, processes=1),
+                0.7, f"<= 0.7x Node socket.io-client's CPU per ack at {n} connections")
+    for m, rate in sorted({(r["room_size"], r["rate"]) for r in runs if r.get("suite") == "fanout"}):
+        verdict(f"cost.fanout{m}@{rate:g}.vs_node_client",
+                ratio_range(runs, "fanout", lean, "node-client", "us_cpu_per_delivery", room_size=m, rate=rate),
+                0.7, f"<= 0.7x Node socket.io-client's CPU per delivery, rooms of {m}")
+    for rate in sorted({r["rate"] for r in runs if r.get("suite") == "equal"}):
+        n = next(r["connections"] for r in runs if r.get("suite") == "equal" and r["rate"] == rate)
+        tag = f"{n * rate:,.0f}/s"
+        per = _per_round(runs, "equal", lean, "gen_to_server", rate=rate)
+        vals = list(per.values())
+        verdict(f"cost.equal@{tag}.gen_to_server",
+                (statistics.median(vals), min(vals), max(vals)) if vals else None,
+                0.5, f"generator CPU per ack <= 0.5x the Node server's at {tag} offered")
+        for other in (YARDSTICK, "node-client"):
+            rr = ratio_range(runs, "equal", lean, other, "us_cpu_per_ack", rate=rate)
+            if rr is not None:
+                out[f"cost.equal@{tag}.vs_{other}"] = {"value": round(rr[0], 3), "range": [round(rr[1], 3), round(rr[2], 3)],
+                                                       "want": f"(read only) CPU per ack / {other}'s at equal load", "pass": None}
+    verdict("cost.connect.vs_node_client",
+            ratio_range(runs, "idle", lean, "node-client", "us_cpu_per_connect"), 0.7,
+            "<= 0.7x Node socket.io-client's CPU per connect + join")
+    kb = _per_round(runs, "idle", lean, "rss_per_conn_kb")
+    verdict("cost.idle.rss_per_conn_kb", (statistics.median(kb.values()), min(kb.values()), max(kb.values())) if kb else None,
+            14, "<= 14 KB per idle connection")
+    return out
+
+
 def _offered(row: dict[str, Any]) -> float:
     """Measured deliveries/s a fan-out row offered: connections x rate x (room size - 1)."""
     return round(row["connections"] * (row["rate"] or 0) * (row["room_size"] - 1), -2)
@@ -209,8 +274,24 @@ def markdown(doc: dict[str, Any]) -> str:
                     lambda r: [r["processes"], r["connections"], _f(r["acks_per_s"]), _f(r["us_cpu_per_ack"]),
                                _f(r["lat.ack.p99_ms"], 2), _f(r["gen_cpu_pct"], 0), _f(r["server_cpu_pct"], 0)],
                     lambda r: r["processes"])
+    lines += _table(rows, "equal", "Equal load: every tool offered the same open-loop rate (rooms of one; latency "
+                    "from the intended send time); gen/server = generator CPU per ack / the Node server's, same window",
+                    ["offered/s", "conns", "tool", "acks/s", "µs CPU/ack", "range", "server µs/ack", "gen/server",
+                     "p50 ms", "p99 ms", "gen CPU %", "server CPU %"],
+                    lambda r: [_f(r["connections"] * (r["rate"] or 0)), r["connections"], r["tool"], _f(r["acks_per_s"]),
+                               _f(r["us_cpu_per_ack"]), _range(r["us_cpu_per_ack_range"]), _f(r["server_us_cpu_per_ack"]),
+                               _f(r["gen_to_server"], 3), _f(r["lat.ack.p50_ms"], 2), _f(r["lat.ack.p99_ms"], 2),
+                               _f(r["gen_cpu_pct"], 0), _f(r["server_cpu_pct"], 0)],
+                    lambda r: (r["rate"] or 0, r["tool"]))
     if doc.get("scaling"):
         lines += [f"Scaling: {doc['scaling']}", ""]
+    if doc.get("cost_targets"):
+        lines += ["Cost targets (issue 14; ratios of roombench-lean within this run, median and range over rounds "
+                  "paired round by round):", "", "| target | value | range | wanted | verdict |", "|---|---|---|---|---|"]
+        for name, t in doc["cost_targets"].items():
+            mark = {True: "PASS", False: "FAIL", None: "–"}[t["pass"]]
+            lines.append(f"| {name} | {_f(t['value'], 3)} | {_range(t['range'])} | {t['want']} | {mark} |")
+        lines.append("")
     if doc.get("targets"):
         lines += ["Targets (roombench-lean):", "", "| target | value | wanted | verdict |", "|---|---|---|---|"]
         for name, t in doc["targets"].items():
@@ -232,6 +313,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"{len(failed)} measurement(s) failed: " + "; ".join(
             f"{r['tool']} {r['suite']} {r['connections']}: {r['error'].splitlines()[0]}" for r in failed), ""]
     return "\n".join(lines)
+
+
+def _range(r: list[float] | None) -> str:
+    return f"{_f(r[0], 2)}–{_f(r[1], 2)}" if r else "–"
 
 
 def _table(rows: list[dict[str, Any]], suite: str, title: str, head: list[str], cells: Any, order: Any,

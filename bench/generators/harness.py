@@ -196,7 +196,7 @@ def _figures(job: Job, seen: dict[str, list[dict[str, Any]]], gen: Cpu, server_c
     cpu_s = gen.total / wall
     out: dict[str, Any] = {
         "tool": job.tool, "mode": job.mode, "connections": job.connections, "processes": job.processes,
-        "room_size": job.room_size, "rate": job.rate if job.mode == "fanout" else None,
+        "room_size": job.room_size, "rate": job.rate if job.mode in ("fanout", "rate") else None,
         "window_s": round(wall, 3),
         "connected": sum(m["connected"] for m in seen["ready"]),
         "acks_per_s": round(acks_s, 1), "deliveries_per_s": round(deliveries_s, 1),
@@ -204,6 +204,10 @@ def _figures(job: Job, seen: dict[str, list[dict[str, Any]]], gen: Cpu, server_c
         "gen_sys_pct": round(100 * gen.system / wall, 1), "server_cpu_pct": round(100 * server_cpu / wall, 1),
         "us_cpu_per_ack": round(1e6 * cpu_s / acks_s, 2) if acks_s else None,
         "us_cpu_per_delivery": round(1e6 * cpu_s / deliveries_s, 2) if deliveries_s else None,
+        # the server's CPU per ack in the same window, and what one generator core buys:
+        # gen_to_server 0.25 = one generator core loads four server cores
+        "server_us_cpu_per_ack": round(1e6 * server_cpu / wall / acks_s, 2) if acks_s else None,
+        "gen_to_server": round(gen.total / server_cpu, 3) if server_cpu > 0 and acks_s else None,
         "lat": _latency(ends), "errors": _errors(ends),
     }
     if job.mode == "idle":

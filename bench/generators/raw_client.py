@@ -1,4 +1,4 @@
-"""The yardstick: the cheapest Socket.IO client this machine allows in Python, ack mode only.
+"""The yardstick: the cheapest Socket.IO client this machine allows in Python (ack and rate modes).
 
     BENCH_USERS=50 BENCH_CTL=ctl.json ... python -m bench.generators.raw_client --url http://127.0.0.1:PORT
 
@@ -7,8 +7,10 @@ sorted once at the end), no reconnects. One process, blocking sequential connect
 non-blocking sockets on one ``select.epoll``. Per connection: WebSocket upgrade to
 ``/socket.io/?EIO=4&transport=websocket``, Engine.IO open, ``40{"token": ...}``, join
 ``r<i>``; then a closed loop: ``send_message`` with ack id n, on ``43<n>[...]`` record
-send -> ack latency and send the next. The server's ``new_message`` echo is parsed and
-counted. Engine.IO pings are answered. Its CPU per ack is what any Python client on this
+send -> ack latency and send the next (``BENCH_MODE=ack``), or, with ``BENCH_MODE=rate``,
+an open loop: every connection sends ``BENCH_RATE`` messages/s on a fixed schedule (a
+timer heap in the same epoll loop), latency from the intended send time. The server's
+``new_message`` echo is parsed and counted. Engine.IO pings are answered. Its CPU per ack is what any Python client on this
 machine pays at least: the floor the other tools' figures are read against.
 
 Marks: the protocol of marks.py (before, ready, start, end), without greenlets.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -77,7 +80,7 @@ def parse(buf: bytearray, limit: int = 1 << 30) -> tuple[list[tuple[int, bytes]]
 class Conn:
     """One connection: its socket, receive buffer and closed-loop state."""
 
-    __slots__ = ("sock", "buf", "i", "room", "k", "sent_at")
+    __slots__ = ("sock", "buf", "i", "room", "k", "sent_at", "pending")
 
     def __init__(self, sock: socket.socket, i: int) -> None:
         self.sock = sock
@@ -86,6 +89,7 @@ class Conn:
         self.room = f"r{i}"
         self.k = 1  # the last ack id used (1: the join)
         self.sent_at = 0.0
+        self.pending: dict[int, float] = {}  # rate mode: ack id -> intended send time
 
 
 def _packet(c: Conn) -> bytes:
@@ -144,10 +148,16 @@ def connect(host: str, port: int, i: int, token: str, timeout: float) -> Conn:
 
 
 class Loop:
-    """The closed loop over every connection, and its counters."""
+    """The closed (or, with ``rate`` > 0, open) loop over every connection, and its counters."""
 
-    def __init__(self, conns: list[Conn], size: int) -> None:
+    def __init__(self, conns: list[Conn], size: int, rate: float = 0.0) -> None:
         self.conns = {c.sock.fileno(): c for c in conns}
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        now = _clock()
+        # rate mode: (intended send time, fd), phases spread over one interval
+        self.due: list[tuple[float, int]] = [(now + self.interval * j / max(1, len(conns)), fd)
+                                             for j, fd in enumerate(self.conns)] if rate > 0 else []
+        heapq.heapify(self.due)
         self.content = b"x" * size
         self.acks = 0
         self.echoes = 0
@@ -166,13 +176,15 @@ class Loop:
     def error(self, name: str) -> None:
         self.errors[name] = self.errors.get(name, 0) + 1
 
-    def send(self, c: Conn) -> None:
+    def send(self, c: Conn, intended: float = 0.0) -> None:
         c.k += 1
+        if intended:
+            c.pending[c.k] = intended
         payload = b'42%d["send_message",{"channel_id":"%s","content":"%s","temp_id":"%d-%d"}]' % (
             c.k, c.room.encode(), self.content, c.i, c.k)
         data = frame(payload)
         c.sent_at = _clock()
-        try:  # one small frame in flight per connection: the send buffer cannot be full
+        try:  # small frames, at most a few in flight per connection: the send buffer cannot be full
             if c.sock.send(data) != len(data):
                 self.error("short_send")
         except OSError:
@@ -183,9 +195,24 @@ class Loop:
         self.conns.pop(fd).sock.close()
         self.error(why)
 
+    def _send_due(self, timeout: float) -> float:
+        """Rate mode: send every message whose time has come; the poll timeout until the next."""
+        due, conns, interval, now = self.due, self.conns, self.interval, _clock()
+        while due and due[0][0] <= now:
+            t, fd = due[0]
+            c = conns.get(fd)
+            if c is None:  # dropped: its schedule ends
+                heapq.heappop(due)
+                continue
+            self.send(c, t)
+            heapq.heapreplace(due, (t + interval, fd))
+        return min(timeout, max(0.0, due[0][0] - now)) if due else timeout
+
     def run(self, timeout: float) -> None:
         """Serve whatever arrives within ``timeout`` s: one recv per ready socket."""
-        conns, lat, loads, clock = self.conns, self.lat, _loads, _clock  # locals: the hot path
+        if self.interval:
+            timeout = self._send_due(timeout)
+        conns, lat, loads, clock, closed = self.conns, self.lat, _loads, _clock, not self.interval  # locals: the hot path
         for fd, _ in self.poller.poll(timeout):
             c = conns[fd]
             try:
@@ -210,13 +237,22 @@ class Loop:
                         break
                     continue
                 if payload.startswith(b"43"):
-                    lat.append(clock() - c.sent_at)
+                    if closed:
+                        lat.append(clock() - c.sent_at)
                     body = payload.index(b"[")
                     ack = loads(payload[body:])
-                    if int(payload[2:body]) != c.k or not isinstance(ack[0], dict) or "error" in ack[0]:
+                    if closed:
+                        if int(payload[2:body]) != c.k or not isinstance(ack[0], dict) or "error" in ack[0]:
+                            self.error("bad_ack")
+                        self.acks += 1
+                        self.send(c)
+                        continue
+                    intended = c.pending.pop(int(payload[2:body]), None)
+                    if intended is None or not isinstance(ack[0], dict) or "error" in ack[0]:
                         self.error("bad_ack")
+                    else:
+                        lat.append(clock() - intended)
                     self.acks += 1
-                    self.send(c)
                 elif payload.startswith(b"42"):
                     if loads(payload[2:])[0] == "new_message":
                         self.echoes += 1
@@ -251,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="http://host:port of the Socket.IO server")
     a = p.parse_args(argv)
-    if os.environ.get("BENCH_MODE", "ack") != "ack":
-        raise SystemExit("raw_client.py runs BENCH_MODE=ack only")
+    mode = os.environ.get("BENCH_MODE", "ack")
+    if mode not in ("ack", "rate"):
+        raise SystemExit(f"raw_client.py runs BENCH_MODE=ack or rate, not {mode!r}")
+    rate = float(os.environ.get("BENCH_RATE", "1")) if mode == "rate" else 0.0
     url = urlsplit(a.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     token = os.environ.get("BENCH_TOKEN", "")
@@ -271,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # ConnectionError and socket.timeout are OSErrors
             connect_errors += 1
             print(f"raw_client: connection {i}: {exc}", file=sys.stderr)
-    loop = Loop(conns, int(os.environ.get("BENCH_SIZE", "64")))
-    for c in conns:  # the load runs from ready on, as roombench's users' does
-        loop.send(c)
+    loop = Loop(conns, int(os.environ.get("BENCH_SIZE", "64")), rate)
+    if not rate:
+        for c in conns:  # the load runs from ready on, as roombench's users' does
+            loop.send(c)
     emit("ready", connected=len(conns), expected=expected, rss=rss(), t_begin=t0)
 
     ctl, give_up, next_check = os.environ["BENCH_CTL"], time.time() + 120, 0.0

@@ -10,7 +10,10 @@ fresh for every measurement) and the same load, alternating the tools round by r
 - fanout: deliveries/s and CPU per delivery in rooms of 10 and 100 (open loop);
 - idle: connections held (up to 20,000, or what the open-file limit allows), RSS per
   connection, connects/s;
-- processes: roombench-lean with ``locust --processes 2`` against one process.
+- processes: roombench-lean with ``locust --processes 2`` against one process;
+- equal: the same offered open-loop rate for every tool (5,000 and 15,000 acks/s over
+  50 connections, each in a room of its own): generator CPU per ack at *equal work*, and
+  the generator-to-server ratio (generator CPU per ack / the Node server's, same window).
 
 Every figure is per generator process with the server's CPU beside it. Above ~50k acks/s
 the server, not the generator, is the limit; CPU per ack is then the figure that compares
@@ -69,12 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per measured window (default 5)")
     p.add_argument("--warmup", type=float, default=1.5, help="seconds between ready and the window")
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help="comma-separated, of: " + ", ".join(TOOLS))
-    p.add_argument("--suites", default="ack,fanout,idle,processes")
+    p.add_argument("--suites", default="ack,fanout,idle,processes,equal")
     p.add_argument("--connections", help="ack suite connection counts (default 10,50,200,1000)")
     p.add_argument("--fanout-rooms", help="fan-out room sizes (default 10,100)")
     p.add_argument("--fanout-deliveries", default="30000,90000",
                    help="offered measured deliveries/s in the fan-out suite, one measurement each "
                    "(sets each user's rate): one the server keeps up with, and the issue's 80k+")
+    p.add_argument("--equal-rates", default="5000,15000",
+                   help="equal suite: offered acks/s, every tool the same (open loop, rooms of one)")
+    p.add_argument("--equal-connections", type=int, default=50, help="equal suite: connections (default 50)")
     p.add_argument("--idle-connections", type=int, help="idle suite connections (default 20000, capped by the fd limit)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--rereport", type=Path, metavar="JSON",
@@ -91,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.connections = _ints(a.connections or ("50" if quick else "10,50,200,1000"))
     a.fanout_rooms = _ints(a.fanout_rooms or ("10" if quick else "10,100"))
     a.fanout_deliveries = _ints(a.fanout_deliveries)
+    a.equal_rates = _ints(a.equal_rates)
+    if a.equal_connections < 1 or any(r <= 0 for r in a.equal_rates):
+        p.error("--equal-connections and --equal-rates must be positive")
     a.idle_connections = a.idle_connections or (2000 if quick else 20_000)
     a.tools = [t for t in a.tools.split(",") if t]
     a.suites = [s for s in a.suites.split(",") if s]
@@ -117,6 +126,10 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
         if "idle" in a.suites and rnd == 0:  # one round: minutes per tool at 20k connections
             out += [("idle", rnd, Job(t, "idle", idle_n, ready_timeout=150, runtime=300))
                     for t in order if "idle" in TOOLS[t]]
+        if "equal" in a.suites:
+            n = a.equal_connections
+            out += [("equal", rnd, Job(t, "rate", n, rate=round(offered / n, 3)))
+                    for offered in a.equal_rates for t in order if "rate" in TOOLS[t]]
         if "processes" in a.suites and "roombench-lean" in a.tools:
             procs = (1, 2) if rnd % 2 == 0 else (2, 1)
             out += [("processes", rnd, Job("roombench-lean", "ack", PROCESSES_CONNECTIONS, processes=p))
@@ -148,6 +161,7 @@ def finish(doc: dict[str, Any], fd_cap: int) -> None:
     rows = doc["medians"] = report.medians(doc["runs"])
     doc["ratios"] = report.ratios(rows)
     doc["targets"] = report.targets(rows, fd_cap)
+    doc["cost_targets"] = report.cost_targets(doc)
     one = report._find(rows, "processes", "roombench-lean", processes=1)
     two = report._find(rows, "processes", "roombench-lean", processes=2)
     if one and two and one["acks_per_s"]:
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                          spy if suite == "profile" else None)
         result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,
                       room_size=job.room_size, processes=job.processes,
-                      rate=job.rate if job.mode == "fanout" else None)
+                      rate=job.rate if job.mode in ("fanout", "rate") else None)
         doc["runs"].append(result)
         print(f"[{i}/{len(jobs)}] {_line(result)}", flush=True)
         finish(doc, fd_cap)
@@ -219,6 +233,10 @@ def _line(r: dict[str, Any]) -> str:
     if r["suite"] == "idle":
         return (f"{head} held {r['connected']} rss {r['rss_per_conn_kb']} KB/conn {r['connects_per_s']:.0f} conn/s")
     lat = r["lat"].get("fanout" if r["suite"] == "fanout" else "ack", {})
+    if r["suite"] == "equal":
+        return (f"{head} offered {r['connections'] * r['rate']:.0f}/s: {r['acks_per_s']:.0f} acks/s, {r['us_cpu_per_ack']} µs "
+                f"CPU each (server {r['server_us_cpu_per_ack']} µs, ratio {r['gen_to_server']}), "
+                f"p99 {lat.get('p99_ms', 0):.2f} ms")
     rate = r["deliveries_per_s"] if r["suite"] == "fanout" else r["acks_per_s"]
     per = r["us_cpu_per_delivery"] if r["suite"] == "fanout" else r["us_cpu_per_ack"]
     return (f"{head} {rate:9.0f}/s {per} µs CPU each, p50 {lat.get('p50_ms', 0):.2f} p99 {lat.get('p99_ms', 0):.2f} ms, "

@@ -7,7 +7,10 @@ marks (marks.py / node_client/marks.js). Modes:
   for its ack, send the next (the server also echoes new_message to the sender's room);
 - ``fanout``: N connections in rooms of M, each sending ``rate`` messages/s open loop;
   every message reaches the M-1 other members (a *measured delivery*) and its sender;
-- ``idle``: N connections, connected and joined, nothing sent.
+- ``idle``: N connections, connected and joined, nothing sent;
+- ``rate``: N connections, each in a room of its own, each sending ``rate`` messages/s
+  open loop (latency from the intended send time): every tool does the same work, so
+  CPU per ack compares tools at *equal* load, not each at its own capacity.
 
 ``python-raw`` (raw_client.py) is a yardstick, not a load generator: the cheapest Python
 Socket.IO client this machine allows (blocking connects, one epoll loop, no gevent, no
@@ -36,16 +39,16 @@ SERVER_DIR = REPO / "roombench" / "servers" / "node"
 #: tool name -> which modes it runs (Artillery's engine measures acks only; SocketIOUser
 #: has no fan-out latency of its own: it logs every received event with response time 0)
 TOOLS: dict[str, tuple[str, ...]] = {
-    "roombench-lean": ("ack", "fanout", "idle"),
-    "roombench-compat": ("ack", "fanout", "idle"),
+    "roombench-lean": ("ack", "fanout", "idle", "rate"),
+    "roombench-compat": ("ack", "fanout", "idle", "rate"),
     "locust-socketio": ("ack", "idle"),
     "artillery": ("ack",),
-    "node-client": ("ack", "fanout", "idle"),
+    "node-client": ("ack", "fanout", "idle", "rate"),
     # the yardstick: what this machine allows a Python client at all (raw_client.py)
-    "python-raw": ("ack",),
+    "python-raw": ("ack", "rate"),
     # not run by default: the lean transport with a reader greenlet per connection (as
     # before roombench.transport.poller), to measure what the poller changed
-    "roombench-lean-greenlet": ("ack", "fanout", "idle"),
+    "roombench-lean-greenlet": ("ack", "fanout", "idle", "rate"),
 }
 DEFAULT_TOOLS = [t for t in TOOLS if t != "roombench-lean-greenlet"]
 #: the generators py-spy can profile (run.py --profile); python-raw is a yardstick
@@ -62,7 +65,7 @@ class Job:
     connections: int
     processes: int = 1
     room_size: int = 1
-    rate: float = 1.0  # fanout: messages/s per connection
+    rate: float = 1.0  # fanout, rate: messages/s per connection
     ready_timeout: float = 60.0
     runtime: float = 120.0  # upper bound of the tool's own run time (s)
 
@@ -94,7 +97,7 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
     """(argv, environment) of one run of ``job``'s tool."""
     env = {**os.environ, "BENCH_CTL": str(ctl), "BENCH_USERS": str(job.connections // job.processes),
            "BENCH_READY_TIMEOUT": f"{job.ready_timeout:g}", "BENCH_SIZE": str(SIZE), "BENCH_MODE": job.mode,
-           "BENCH_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+           "BENCH_TOKEN": token, "BENCH_RATE": f"{job.rate:g}", "PYTHONUNBUFFERED": "1"}
     if job.tool.startswith("roombench-"):
         if job.tool == "roombench-lean-greenlet":
             env["ROOMBENCH_READER"] = "greenlet"
@@ -105,8 +108,10 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
         return [sys.executable, "-m", "bench.generators.raw_client", "--url", url], env
     node = shutil.which("node") or "node"
     if job.tool == "node-client":
+        # client.js's open loop is its fanout mode; in rooms of one only the acks come back
+        mode = "fanout" if job.mode == "rate" else job.mode
         return [node, str(NODE_CLIENT / "client.js"), "--url", url, "--token", token, "--connections",
-                str(job.connections), "--mode", job.mode, "--room-size", str(job.room_size),
+                str(job.connections), "--mode", mode, "--room-size", str(job.room_size),
                 "--rate", f"{job.rate:g}", "--size", str(SIZE)], env
     if job.tool == "artillery":
         script = workdir / "artillery.yml"
@@ -130,6 +135,7 @@ def _roombench_options(job: Job, token: str) -> list[str]:
     mode = {
         "ack": ["--window", "1", "--room-size", "1", "--rate", "1"],
         "fanout": ["--window", "0", "--room-size", str(job.room_size), "--rate", f"{job.rate:g}"],
+        "rate": ["--window", "0", "--room-size", "1", "--rate", f"{job.rate:g}"],
         "idle": ["--window", "0", "--room-size", "1", "--rate", "1e-6"],  # first send in ~days
     }[job.mode]
     return mode + ["--transport", job.tool.split("-")[1], "--token", token, "--ack", "callback",

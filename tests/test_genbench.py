@@ -1,0 +1,48 @@
+"""The generator benchmark's own parts: the yardstick's open loop and the round-paired ratios."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.generators.genreport import cost_targets, ratio_range
+from roombench.servers import ServerProcess
+from tests.conftest import REF_TOKEN
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_raw_client_rate_mode_offers_its_rate_open_loop(ref_server: ServerProcess, tmp_path: Path) -> None:
+    ctl = tmp_path / "ctl.json"
+    start = time.time() + 3.0
+    ctl.write_text(json.dumps({"start": start, "end": start + 1.0}))
+    env = {**os.environ, "BENCH_CTL": str(ctl), "BENCH_USERS": "5", "BENCH_MODE": "rate", "BENCH_RATE": "40",
+           "BENCH_TOKEN": REF_TOKEN, "BENCH_SIZE": "16"}
+    done = subprocess.run([sys.executable, "-m", "bench.generators.raw_client", "--url", ref_server.url],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    marks = {m["ev"]: m for m in (json.loads(line[8:]) for line in done.stdout.splitlines() if line.startswith("@@bench "))}
+    assert marks["ready"]["connected"] == 5
+    end = marks["end"]
+    # 5 connections x 40/s over 1 s: an open loop offers 200 whatever the acks do
+    assert 150 <= end["acks"] <= 250, end
+    assert end["lat"]["ack"]["n"] == end["acks"] and not end["errors"], end
+
+
+def _run(tool: str, rnd: int, cpu: float, **extra: object) -> dict[str, object]:
+    return {"suite": "ack", "tool": tool, "round": rnd, "connections": 50, "processes": 1, "room_size": 1,
+            "rate": None, "us_cpu_per_ack": cpu, **extra}
+
+
+def test_ratios_pair_rounds_and_report_their_range() -> None:
+    runs = [_run("roombench-lean", 0, 30.0), _run("python-raw", 0, 20.0),
+            _run("roombench-lean", 1, 22.0), _run("python-raw", 1, 20.0),
+            _run("roombench-lean", 2, 40.0)]  # round 2 has no yardstick: left out, not paired across rounds
+    med, lo, hi = ratio_range(runs, "ack", "roombench-lean", "python-raw", "us_cpu_per_ack", connections=50)
+    assert (lo, hi) == (1.1, 1.5) and abs(med - 1.3) < 1e-9
+    t = cost_targets({"runs": runs})["cost.vs_raw@50"]
+    assert t["range"] == [1.1, 1.5] and t["pass"] is False  # 1.3 > 1.15

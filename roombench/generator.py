@@ -25,6 +25,7 @@ from roombench.measure.metrics import Metrics, add_values, new_histogram, to_mic
 from roombench.measure.report import ProcessReport
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
+from roombench.chat.clock import SendClock, one_loop
 from roombench.chat.rooms import RoomRegistry, rooms_for
 from roombench.chat.scenario import Scenario
 from roombench.chat.session import ChatSession
@@ -61,6 +62,8 @@ class Generator:
         self.sessions: dict[int, ChatSession] = {}
         self.stopping = False
         self.finished = False
+        #: every session's send schedule in one greenlet (chat/clock.py)
+        self.clock: SendClock | None = SendClock(lambda: self.stopping, self.error) if one_loop() else None
         self._next_user = 0
         self.started = time.time()
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()

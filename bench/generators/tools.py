@@ -49,10 +49,14 @@ TOOLS: dict[str, tuple[str, ...]] = {
     # not run by default: the lean transport with a reader greenlet per connection (as
     # before roombench.transport.poller), to measure what the poller changed
     "roombench-lean-greenlet": ("ack", "fanout", "idle", "rate"),
+    # not run by default: the lean transport with each user's send schedule in its own
+    # greenlet (as before roombench.chat.clock), to measure what the one send loop changed
+    "roombench-lean-usersend": ("ack", "fanout", "idle", "rate"),
 }
-DEFAULT_TOOLS = [t for t in TOOLS if t != "roombench-lean-greenlet"]
+DEFAULT_TOOLS = [t for t in TOOLS if t not in ("roombench-lean-greenlet", "roombench-lean-usersend")]
 #: the generators py-spy can profile (run.py --profile); python-raw is a yardstick
-PYTHON_TOOLS = ("roombench-lean", "roombench-compat", "locust-socketio", "roombench-lean-greenlet")
+PYTHON_TOOLS = ("roombench-lean", "roombench-compat", "locust-socketio", "roombench-lean-greenlet",
+                "roombench-lean-usersend")
 SIZE = 64  # bytes of message content, as roombench's default
 
 
@@ -101,6 +105,8 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
     if job.tool.startswith("roombench-"):
         if job.tool == "roombench-lean-greenlet":
             env["ROOMBENCH_READER"] = "greenlet"
+        if job.tool == "roombench-lean-usersend":
+            env["ROOMBENCH_SENDER"] = "greenlet"
         return _locust(job, url, "locust_roombench.py", _roombench_options(job, token)), env
     if job.tool == "locust-socketio":
         return _locust(job, url, "locust_socketio_user.py", []), env

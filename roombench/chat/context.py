@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Protocol
 
+from roombench.chat.clock import SendClock
 from roombench.chat.ledger import Ledger
 from roombench.chat.rooms import RoomRegistry
 from roombench.chat.scenario import Scenario
@@ -70,6 +71,11 @@ class SessionContext(Protocol):
     @property
     def read_sent(self) -> SentSignals:
         """(room, user, message id) -> read receipt send time."""
+        ...
+
+    @property
+    def clock(self) -> SendClock | None:
+        """The process's send loop; None: every session runs its own (ROOMBENCH_SENDER=greenlet)."""
         ...
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 import gevent
 import gevent.event
 
+from roombench.chat.clock import BATCH
 from roombench.chat.context import SessionContext
 from roombench.chat.schedule import OpenLoop, RandomEvery
 from roombench.chat.signals import SentSignals
@@ -53,7 +54,7 @@ class ChatSession:
                  "disconnected_sends", "joined", "t_connect", "t_drop", "t_connected", "epoch", "_joins_left",
                  "_closed", "_callback", "_window", "_k", "content", "_ev_send", "_ev_typing", "_ev_read",
                  "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
-                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport")
+                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport", "_sends", "_drops", "_house", "_tick")
 
     def __init__(self, gen: SessionContext, user_no: int) -> None:
         self.gen = gen
@@ -105,32 +106,52 @@ class ChatSession:
         return True
 
     def run(self) -> None:
-        """The send loop, with forced drops; returns when the run stops.
+        """Connect (retrying), then hand the send schedule, with forced drops, to the
+        process's clock (:mod:`roombench.chat.clock`): returns once it is handed over;
+        the clock runs :meth:`step` until the run stops or the session closes. With
+        ``ROOMBENCH_SENDER=greenlet`` this greenlet runs the schedule itself and returns
+        when the run stops.
 
         Open loop (the default): sends at ``rate`` whatever happens, latency counted from
         each intended send time. Closed loop (``window`` > 0): the ack handlers send the
-        next message inline as soon as one is confirmed (see :meth:`_fill`); this loop
+        next message inline as soon as one is confirmed (see :meth:`_fill`); the schedule
         only refills the window after a reconnect or a timeout.
         """
         sc, gen = self.gen.scenario, self.gen
         while not gen.stopping and not self.joined.is_set() and not self.start():
             gevent.sleep(min(5.0, sc.reconnect_delay * 2) * random.uniform(0.5, 1.5))
         t0 = now()
-        sends = OpenLoop(sc.rate, t0)
+        self._sends = OpenLoop(sc.rate, t0)
         if self._window:
-            sends.next = float("inf")
+            self._sends.next = float("inf")
             self._fill()
-        drops = RandomEvery(sc.drop_every, t0, _DROP_RNG)
+        self._drops = RandomEvery(sc.drop_every, t0, _DROP_RNG)
         # echo mode expires unconfirmed sends here and the closed loop refills; an open
         # loop in callback mode (the transport expires acks) only needs a rare wake-up
-        tick = 0.5 if self._window or not self._callback else 5.0
-        housekeeping = t0 + tick
-        while not gen.stopping:
-            due = min(sends.next, drops.next, housekeeping)
-            wait = due - now()
+        self._tick = 0.5 if self._window or not self._callback else 5.0
+        self._house = t0 + self._tick
+        first = min(self._sends.next, self._drops.next, self._house)
+        if gen.clock is not None:
+            gen.clock.add(self, first)
+            return
+        nxt: float | None = first
+        while nxt is not None:
+            wait = nxt - now()
             if wait > 0:
                 gevent.sleep(wait)
-                continue
+            nxt = self.step()
+
+    def step(self) -> float | None:
+        """Do what is due (at most clock.BATCH items); the next due time, or None once
+        the run stops or the session closed."""
+        gen, sends, drops = self.gen, self._sends, self._drops
+        t = now()
+        for _ in range(BATCH):
+            if gen.stopping or self._closed:
+                return None
+            due = min(sends.next, drops.next, self._house)
+            if due > t:
+                return due
             if sends.next <= due:
                 self.send(self.rooms[self._k % len(self.rooms)], sends.advance(), self._k)
                 self._k += 1
@@ -138,10 +159,11 @@ class ChatSession:
                 drops.advance()
                 self.drop()
             else:
-                housekeeping = now() + tick
+                self._house = now() + self._tick
                 self._expire_unconfirmed()
                 if self._window:
                     self._fill()
+        return None if gen.stopping or self._closed else min(sends.next, drops.next, self._house)
 
     def _fill(self) -> None:
         """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""

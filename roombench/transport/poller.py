@@ -12,15 +12,22 @@ called again on the next round, so one busy connection cannot starve the others.
 Callbacks run inline in the poller greenlet, so they must not block for long: a send
 that has to wait for buffer space holds every other connection's reads meanwhile.
 Linux only (``select.epoll``); :func:`available` says whether it can be used.
+
+Timers ride on the same loop: a :class:`Timers` source (the chat layer's send clock)
+set as :attr:`Poller.timers` has its due work run between batches of reads, and the
+poller parks on "a connection is readable *or* the next timer is due", so under load a
+due send costs no timer and no greenlet switch: it goes out on a wake-up the reads
+caused anyway.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
-from gevent.hub import get_hub
+from gevent.hub import Waiter, get_hub
 from gevent.monkey import get_original
 
 _EPOLLIN = 1
@@ -36,7 +43,22 @@ def _original_epoll() -> Any:
 
 _epoll = _original_epoll()
 
-__all__ = ["POLLER", "Poller", "available"]
+__all__ = ["POLLER", "Poller", "Timers", "available"]
+
+_now = time.perf_counter
+_INF = float("inf")
+
+
+class Timers(Protocol):
+    """Due work the poller runs between reads (see the module docstring)."""
+
+    def next_due(self) -> float:
+        """perf_counter time of the earliest due item; ``inf`` when there is none."""
+        ...
+
+    def run_due(self) -> None:
+        """Run (a bounded batch of) what is due now; must not block for long."""
+        ...
 
 
 def available() -> bool:
@@ -51,6 +73,21 @@ class Poller:
         self._ep: Any = None
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._glet: gevent.Greenlet | None = None
+        #: due work run on this loop's wake-ups; None: reads only
+        self.timers: Timers | None = None
+        self._waiter: Waiter | None = None  # set while parked on "readable or due"
+
+    @property
+    def running(self) -> bool:
+        """True while the poller's greenlet runs (some connection is registered)."""
+        return self._glet is not None and not self._glet.dead
+
+    def kick(self) -> None:
+        """Make a parked poller look at :attr:`timers` again (an earlier item was added)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            # a fresh Waiter per park: a switch arriving after the park ended only stores a value
+            get_hub().loop.run_callback(waiter.switch, None)
 
     def __len__(self) -> int:
         return len(self._callbacks)
@@ -94,9 +131,14 @@ class Poller:
         poll = ep.poll
         try:
             while callbacks:
+                timers = self.timers
+                if timers is not None and timers.next_due() <= _now():
+                    timers.run_due()
                 events = poll(0)
                 if not events:
-                    hub.wait(watcher)
+                    due = timers.next_due() if timers is not None else _INF
+                    if due > _now():
+                        self._park(hub, watcher, due)
                     continue
                 for fd, _ in events:
                     callback = callbacks.get(fd)
@@ -106,6 +148,7 @@ class Poller:
                         except Exception:  # noqa: BLE001, S110 - callbacks report their own errors;
                             pass  # one that did not must not stop every other connection's reads
         finally:
+            self._waiter = None
             watcher.close()
             if self._glet is gevent.getcurrent():
                 self._glet = None
@@ -115,6 +158,22 @@ class Poller:
                 ep.close()
             elif self._glet is None:  # killed from outside with connections left: go on
                 self._glet = gevent.spawn(self._run)
+
+
+    def _park(self, hub: Any, watcher: Any, due: float) -> None:
+        """Wait until the epoll set is readable, ``due`` comes (inf: never), or :meth:`kick`."""
+        timer = hub.loop.timer(max(0.0, due - _now())) if due != _INF else None
+        waiter = self._waiter = Waiter(hub)
+        watcher.start(waiter.switch, None)
+        if timer is not None:
+            timer.start(waiter.switch, None)
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            watcher.stop()
+            if timer is not None:
+                timer.close()
 
 
 #: the process's poller; :class:`~roombench.transport.framed.FramedTransport` registers its connections here

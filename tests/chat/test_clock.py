@@ -77,3 +77,19 @@ def test_sessions_send_from_the_clock_not_their_own_greenlets(ref_server: Server
     assert 240 <= report.ledger.sent <= 360, report.ledger
     assert report.ledger.acked == report.ledger.sent and report.ledger.lost == 0
     assert BATCH >= 1
+
+
+def test_a_new_runs_first_session_sends_though_the_poller_is_parked(ref_server: ServerProcess) -> None:
+    # a run whose users connect, then stay silent: the poller parks on reads alone; the
+    # next run's clock must wake it for its first sends, not wait for a read (a ping: 25 s)
+    sc = Scenario(token=REF_TOKEN, rate=20.0, room_size=2, typing_every=0, read_every=0, drain=1.0)
+    first = Generator(ref_server.url, sc)
+    run_report(first, users=2, duration=0.5)
+    idle = Generator(ref_server.url, sc)
+    held = idle.new_session()
+    held.start()  # connected and joined: the poller has a connection and nothing to read
+    gevent.sleep(0.2)
+    second = Generator(ref_server.url, sc)
+    report = run_report(second, users=2, duration=1.0)
+    held.close()
+    assert report.ledger.sent >= 20, report.ledger

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -88,3 +89,63 @@ def test_discard_after_close_and_reuse_of_the_number(pairs: list[tuple[socket.so
             gevent.sleep(0.01)
     poller.discard(c.fileno())
     assert seen == [b"z"]
+
+
+class _Due:
+    """A Timers source: items due at given perf_counter times, run times recorded."""
+
+    def __init__(self) -> None:
+        self.due: list[float] = []
+        self.ran: list[tuple[float, float, object]] = []  # (due, ran at, greenlet)
+
+    def next_due(self) -> float:
+        return min(self.due, default=float("inf"))
+
+    def run_due(self) -> None:
+        t = time.perf_counter()
+        for d in sorted(x for x in self.due if x <= t):
+            self.due.remove(d)
+            self.ran.append((d, t, gevent.getcurrent()))
+
+
+def test_timers_run_on_time_in_the_poller_greenlet_with_no_reads(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    poller = Poller()
+    a, _ = _pair(pairs)
+    poller.add(a.fileno(), lambda: None)  # registered, never readable: only the timer wakes it
+    timers = poller.timers = _Due()
+    t0 = time.perf_counter()
+    timers.due = [t0 + 0.05, t0 + 0.1]
+    poller.kick()
+    gevent.sleep(0.3)
+    assert [d for d, _, _ in timers.ran] == [t0 + 0.05, t0 + 0.1]
+    assert all(0 <= ran - d < 0.05 and g is poller.greenlet for d, ran, g in timers.ran), timers.ran
+    poller.discard(a.fileno())
+
+
+def test_kick_wakes_a_poller_parked_for_a_later_timer(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    poller = Poller()
+    a, _ = _pair(pairs)
+    poller.add(a.fileno(), lambda: None)
+    timers = poller.timers = _Due()
+    t0 = time.perf_counter()
+    timers.due = [t0 + 30.0]
+    poller.kick()
+    gevent.sleep(0.02)  # parked until t0 + 30
+    timers.due.append(time.perf_counter() + 0.02)
+    poller.kick()
+    gevent.sleep(0.2)
+    assert len(timers.ran) == 1 and timers.ran[0][1] - timers.ran[0][0] < 0.05, timers.ran
+    poller.discard(a.fileno())
+
+
+def test_kick_wakes_a_poller_parked_with_no_timers_at_all(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    poller = Poller()
+    a, _ = _pair(pairs)
+    poller.add(a.fileno(), lambda: None)
+    gevent.sleep(0.02)  # parked on reads only: no timer source yet
+    timers = poller.timers = _Due()  # a new run's clock arrives with work due now
+    timers.due = [time.perf_counter()]
+    poller.kick()
+    gevent.sleep(0.1)
+    assert len(timers.ran) == 1
+    poller.discard(a.fileno())

@@ -6,10 +6,13 @@ A spec is comma-separated items::
     pause-every=5s,for=2s      SIGSTOP every 5 s, SIGCONT 2 s later
     kill@8s,restart@11s        one-off actions at those times (also pause@T, resume@T)
 
-Times are seconds (``4``, ``4s``, ``500ms``) since the Locust child started (warmup included).
-Backing services (redis-server of the *-redis variants) stay up: only the app processes are
-hit. Every action taken is recorded as ``{"t": s, "action": ...}`` for summary.json
-``metadata.chaos``; a failed restart is recorded with its ``error``.
+Times are seconds (``4``, ``4s``, ``500ms``), counted from when roombench starts the Locust
+child (warmup included; the load itself begins once Locust has started, about a second later).
+A periodic kill or pause is taken only before the run's end, and always undone, so the drain
+meets a live server. Backing services (redis-server of the *-redis variants) stay up: only the
+app processes are hit. Every action taken is recorded as ``{"at": epoch s, "action": ...}``
+(a failed restart with its ``error``); `roombench run` turns ``at`` into ``t``, seconds since
+the run's own start (summary.json ``metadata.started``), for ``metadata.chaos``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class ChaosPlan:
         if self.every:
             undo = "restart" if self.periodic == "kill" else "resume"
             k = 1
-            while k * self.every <= horizon:
+            while k * self.every < horizon:
                 events += [(k * self.every, self.periodic), (k * self.every + self.hold, undo)]
                 k += 1
         return sorted(events)
@@ -148,7 +151,7 @@ class Chaos:
                 return
             if _NEEDS[action] != self._state:  # e.g. a restart that failed: wait for the next one
                 continue
-            record: dict[str, Any] = {"t": round(time.monotonic() - self._t0, 3), "action": action}
+            record: dict[str, Any] = {"at": time.time(), "action": action}
             try:
                 getattr(self.server, action)()
                 self._state = _LEAVES[action]

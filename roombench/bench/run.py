@@ -247,7 +247,8 @@ def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any
     meta["load"] = {"users": opts.users, "spawn_rate": opts.spawn_rate, "duration_s": opts.duration}
     if chaos is not None:
         meta["chaos_spec"] = opts.chaos
-        meta["chaos"] = chaos
+        started = meta.get("started") or 0.0  # the run's start: what plots count time from
+        meta["chaos"] = [{"t": round(a.pop("at") - started, 3), **a} for a in chaos]
     meta["interrupted"] = signum is not None
     ok = apply_slos(summary, slos)
     write_json(out / "summary.json", summary)

@@ -248,7 +248,8 @@ def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any
     if chaos is not None:
         meta["chaos_spec"] = opts.chaos
         started = meta.get("started") or 0.0  # the run's start: what plots count time from
-        meta["chaos"] = [{"t": round(a.pop("at") - started, 3), **a} for a in chaos]
+        chaos = [{"t": round(a["at"] - started, 3), **{k: v for k, v in a.items() if k != "at"}} for a in chaos]
+        meta["chaos"] = chaos
     meta["interrupted"] = signum is not None
     ok = apply_slos(summary, slos)
     write_json(out / "summary.json", summary)

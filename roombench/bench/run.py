@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -177,8 +178,10 @@ def interruptible() -> Iterator[_Signals]:
     state = _SIGNALS
     if state.depth == 0:
         state.signum, state.deferred = None, False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            state._saved[sig] = signal.signal(sig, state._handle)
+        state._saved = {}
+        if threading.current_thread() is threading.main_thread():  # elsewhere: the caller's handlers stay
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                state._saved[sig] = signal.signal(sig, state._handle)
     state.depth += 1
     try:
         yield state

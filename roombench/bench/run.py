@@ -24,7 +24,7 @@ from typing import Any
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, load_profile
 from roombench.chat.scenario import TOKEN_ENV, Scenario
-from roombench.servers import VARIANTS, ServerProcess, start_server
+from roombench.servers import VARIANTS, ServerProcess, free_port, start_server
 from roombench.servers.process import exited, spawn_group, stop_group
 from roombench.measure.summary import apply_slos, format_table, load_summary, parse_slo, write_json
 
@@ -123,7 +123,10 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
         "--summary-out", str(out / "summary.json"),
     ]
     if opts.processes > 1:
-        cmd += ["--processes", str(opts.processes)]
+        # a free port for master <-> workers, not Locust's fixed 5557: two runs at once must not collide
+        port = str(free_port("127.0.0.1"))
+        cmd += ["--processes", str(opts.processes), "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                "--master-host", "127.0.0.1", "--master-port", port]
     for f in fields(Scenario):
         if f.name != "token":  # by environment (child_env): a command line is visible to every local user
             cmd += ["--" + f.name.replace("_", "-"), str(getattr(scenario, f.name))]

@@ -170,10 +170,6 @@ class _Signals:
         if not self.deferred:
             raise Interrupted(signum)
 
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
-
 
 _SIGNALS = _Signals()
 

@@ -7,6 +7,7 @@ adds run metadata and SLO verdicts, rewrites it atomically and prints the table.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -50,6 +51,8 @@ class RunOptions:
     #: (loaded at construction; None: the contract's names). The caller folds its ack_mode
     #: into scenario.ack (Profile.ack_for) unless the user chose an ack.
     profile: Profile | str | None = None
+    #: network impairment SPEC (servers/proxy.py): the load goes through a proxy that applies it
+    impair: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
@@ -130,7 +133,7 @@ def run(opts: RunOptions) -> int:
         from roombench.transport.probe import preflight  # gevent only when a run starts
         for one in host.split(","):
             preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
-        summary = _run_locust(opts, host, out, scenario)
+        summary = _run_impaired(opts, host, out, scenario)
     finally:
         if server is not None:
             server.stop()
@@ -173,3 +176,50 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         proc.kill()
         proc.wait()
+
+
+def _run_impaired(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> dict[str, Any]:
+    """Locust against ``host``, or with ``opts.impair`` against a proxy in front of it
+    (its own process, stopped in ``finally``; it also exits when our end of its stdin closes,
+    so it cannot outlive us). The summary's metadata.impair says what it did."""
+    if not opts.impair:
+        return _run_locust(opts, host, out, scenario)
+    from roombench.servers.proxy import STATS, parse_spec
+
+    imp = parse_spec(opts.impair)
+    if "," in host:
+        raise UsageError("--impair takes one server URL: give --host a single URL")
+    with open(out / "proxy.log", "wb") as log:  # the child keeps its own copy of the fd
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "roombench.servers.proxy", "--to", host, "--impair", opts.impair,
+             "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    stats: dict[str, Any] = {}
+    try:
+        proxied = _proxy_url(proxy, host, out)
+        summary = _run_locust(opts, proxied, out, scenario)
+    finally:
+        try:
+            rest, _ = proxy.communicate(timeout=5)  # closes its stdin: EOF stops the proxy
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            rest, _ = proxy.communicate()
+        for line in rest.splitlines():
+            if line.startswith(STATS + " "):
+                stats = json.loads(line[len(STATS) + 1:])
+    summary["metadata"]["impair"] = {**imp.to_dict(), "target": host, "proxy": stats}
+    return summary
+
+
+def _proxy_url(proxy: subprocess.Popen[str], host: str, out: Path) -> str:
+    """The proxy's URL once its READY line came (same scheme as ``host``); RoombenchError if it died."""
+    from roombench.servers.proxy import parse_ready
+
+    assert proxy.stdout is not None
+    line = proxy.stdout.readline()  # the proxy prints READY or exits: no hang
+    where = parse_ready(line)
+    if where is None:
+        proxy.wait(5)
+        tail = (out / "proxy.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RoombenchError(f"the impairment proxy did not start: {tail[0]} (see {out}/proxy.log)")
+    scheme = host.split("://", 1)[0]
+    return f"{scheme}://{where[0]}:{where[1]}"

@@ -3,6 +3,8 @@ on loopback — an echo server for exact timings, the reference server under the
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +216,80 @@ def test_reset_all_drops_every_user_at_once_and_nothing_is_lost(ref_server: Any,
     assert took < 3.0 + 5.0, took  # connect + 3 s + drain, not stretched by the reset
     out, _ = proc.communicate(timeout=5)
     assert '"reset_events": 1' in out
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_the_proxy_of_a_run_dies_with_it_even_on_sigkill(tmp_path: Path) -> None:
+    run = subprocess.Popen([sys.executable, "-m", "roombench.cli", "run", "--users", "2", "--duration", "30",
+                            "--impair", "latency=1ms", "--out", str(tmp_path), "--quiet"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    others: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        proxies: list[int] = []
+        locust: list[int] = []
+        while not (proxies and locust) and time.monotonic() < deadline:  # the proxy starts before Locust
+            time.sleep(0.2)
+            proxies = [p for p in _children(run.pid) if "roombench.servers.proxy" in _cmdline(p)]
+            locust = [p for p in _children(run.pid) if "-m locust" in _cmdline(p)]
+        assert proxies, "the run started no proxy"
+        others = [p for p in _children(run.pid) if p not in proxies]  # server, Locust: not this test's subject
+        run.kill()
+        run.wait(5)
+        deadline = time.monotonic() + 5
+        while _alive(proxies[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(proxies[0]), "the proxy outlived its run"
+    finally:
+        run.kill()
+        run.wait(5)
+        for pid in others:  # stop what the killed run left, by pid (process groups are not this test's)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_roombench_proxy_runs_standalone_until_ctrl_c(echo_port: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "roombench.cli", "proxy", "--to", f"http://127.0.0.1:{echo_port}",
+                             "--impair", "latency=30ms"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        where = parse_ready(proc.stdout.readline())
+        assert where is not None
+        with _connect(f"http://{where[0]}:{where[1]}") as sock:
+            assert 0.055 < _echo_time(sock, 10) < 0.3
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert '"connections": 1' in out

@@ -113,6 +113,9 @@ class Generator:
     def note_drop(self, user_no: int, t: float) -> None:
         self.storms.note_drop(user_no, t)
 
+    def note_rejoined(self, user_no: int, t: float) -> None:
+        self.storms.note_rejoined(user_no, t)
+
     def note_whole(self, user_no: int, t: float) -> None:
         self.storms.note_whole(user_no, t)
 

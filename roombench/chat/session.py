@@ -374,6 +374,7 @@ class ChatSession:
             self.joined.set()
         elif self.t_drop is not None:
             self.gen.metrics.record("rejoin", now() - self.t_connected)
+            self.gen.note_rejoined(self.no, now())  # reconnect storms
             gevent.spawn(self._backfill, epoch)
 
     def on_disconnect(self, reason: str) -> None:

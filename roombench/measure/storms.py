@@ -10,8 +10,8 @@ Each process keeps :class:`StormTracker` clusters (the fraction judged against i
 users, no minimum count) and ships them in ``ProcessReport.storms`` as plain dicts with
 wall-clock times; :func:`summarize` merges the clusters of every process that lie within
 the window of one another and keeps those that pass both thresholds over all users. Per
-storm: start (s since the run started), users dropped, time until all were whole (None
-while any is not), each user's time from its drop to whole (p50, max), the backfill
+storm: start (s since the run started), users dropped, time until all had rejoined and
+until all were whole (None while any is not), each user's time from its drop to whole (p50, max), the backfill
 requests and items fetched while the storm was open, users still not whole at the end.
 """
 
@@ -33,11 +33,12 @@ MAX_CLUSTERS = 1000
 
 
 class _Cluster:
-    __slots__ = ("start", "last", "users", "drops", "whole", "requests", "items")
+    __slots__ = ("start", "last", "users", "drops", "rejoined", "whole", "requests", "items")
 
     def __init__(self, users: int, drops: dict[int, float], last: float) -> None:
         self.users = users  # the process's users when it began
         self.drops = drops  # user -> drop time
+        self.rejoined: dict[int, float] = {}  # user -> every room joined again
         self.whole: dict[int, float] = {}  # user -> whole-again time
         self.start = min(drops.values())
         self.last = last
@@ -57,6 +58,7 @@ class StormTracker:
         self._recent: deque[tuple[float, int]] = deque()  # drops within the window
         self._dropped_at: dict[int, float] = {}  # user -> its latest drop, while not whole
         self._whole_at: dict[int, float] = {}  # user -> whole-again time after that drop
+        self._rejoined_at: dict[int, float] = {}  # user -> rejoin time after that drop
         self._member: dict[int, _Cluster] = {}  # user -> the open cluster it waits in
         self.clusters: list[_Cluster] = []
         self.truncated = 0
@@ -67,6 +69,7 @@ class StormTracker:
         """``user`` lost its connection (not by our own forced drop) at ``t``."""
         self._dropped_at[user] = t
         self._whole_at.pop(user, None)
+        self._rejoined_at.pop(user, None)
         recent = self._recent
         recent.append((t, user))
         while recent and recent[0][0] < t - self.window:
@@ -76,6 +79,7 @@ class StormTracker:
             current.last = t
             current.drops.setdefault(user, t)
             current.whole.pop(user, None)  # dropped again: whole only once it is whole again
+            current.rejoined.pop(user, None)
             self._member[user] = current
             return
         dropped: dict[int, float] = {}
@@ -88,11 +92,21 @@ class StormTracker:
             return
         cluster = _Cluster(self._users(), dropped, t)
         for u in dropped:
-            if u in self._whole_at:  # already whole again within the window
+            if u in self._rejoined_at:  # already back within the window
+                cluster.rejoined[u] = self._rejoined_at[u]
+            if u in self._whole_at:
                 cluster.whole[u] = self._whole_at[u]
             else:
                 self._member[u] = cluster
         self.clusters.append(cluster)
+
+    def note_rejoined(self, user: int, t: float) -> None:
+        """``user`` has rejoined every room after its drop (its backfill still to come)."""
+        if user in self._dropped_at:
+            self._rejoined_at[user] = t
+        cluster = self._member.get(user)
+        if cluster is not None and user in cluster.drops:
+            cluster.rejoined.setdefault(user, t)
 
     def note_whole(self, user: int, t: float) -> None:
         """``user`` is whole again (rejoined, backfill merged) at ``t``."""
@@ -116,6 +130,7 @@ class StormTracker:
         return [{"start": wall + c.start, "last": wall + c.last, "users": c.users, "dropped": len(c.drops),
                  "whole_s": sorted(round(c.whole[u] - c.drops[u], 6) for u in c.whole),
                  "all_whole_at": None if c.open else wall + max(c.whole.values()),
+                 "all_rejoined_at": (wall + max(c.rejoined.values()) if len(c.rejoined) == len(c.drops) else None),
                  "backfill_requests": c.requests, "backfill_items": c.items} for c in self.clusters]
 
 
@@ -141,9 +156,11 @@ def summarize(clusters: list[dict[str, Any]], users: int, started: float, window
         start = min(c["start"] for c in g)
         whole = sorted(v for c in g for v in c["whole_s"])
         ends = [c["all_whole_at"] for c in g]
+        rejoins = [c.get("all_rejoined_at") for c in g]
         out.append({
             "start_s": round(start - started, 3),
             "users_dropped": dropped,
+            "all_rejoined_s": None if None in rejoins else round(max(rejoins) - start, 3),
             "all_whole_s": None if None in ends else round(max(ends) - start, 3),
             "whole_p50_s": None if not whole else round(_p50(whole) or 0.0, 3),
             "whole_max_s": round(whole[-1], 3) if whole else None,
@@ -160,7 +177,8 @@ def format_storms(storms: list[dict[str, Any]], shown: int = 3) -> str | None:
         return None
 
     def one(s: dict[str, Any]) -> str:
-        whole = (f"all whole in {s['all_whole_s']:.2f} s" if s["all_whole_s"] is not None
+        whole = (f"all rejoined in {s['all_rejoined_s']:.2f} s, whole in {s['all_whole_s']:.2f} s"
+                 if s["all_whole_s"] is not None and s.get("all_rejoined_s") is not None
                  else f"{s['not_whole_at_end']} never whole")
         spread = f" (p50 {s['whole_p50_s']:.2f}, max {s['whole_max_s']:.2f})" if s["whole_p50_s"] is not None else ""
         return (f"@{s['start_s']:.1f}s {s['users_dropped']} dropped, {whole}{spread}, "

@@ -19,6 +19,7 @@ startup of whatever connects does not eat into the schedule)::
 Every chunk read is released no earlier than ``arrival + latency +- jitter`` (and after the
 chunk before it, and after its turn on the capped link). A reset sets SO_LINGER 0 on both
 sockets and closes them: both ends see a TCP RST, as from a middlebox that lost its state.
+The TCP handshake itself is not delayed (the proxy accepts at once), everything after it is.
 """
 
 from __future__ import annotations

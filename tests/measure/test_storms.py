@@ -29,6 +29,8 @@ def test_all_users_dropped_at_once_is_one_storm_until_all_are_whole() -> None:
     t = _tracker(6)
     for u in range(6):
         t.note_drop(u, 10.0 + u * 0.01)
+    for u in range(6):
+        t.note_rejoined(u, 10.5 + u * 0.1)
     t.note_backfill(2, 30)
     for u in range(6):
         t.note_whole(u, 11.0 + u * 0.1)
@@ -36,12 +38,13 @@ def test_all_users_dropped_at_once_is_one_storm_until_all_are_whole() -> None:
     [storm] = _storms(t, 6)
     assert storm["users_dropped"] == 6 and storm["not_whole_at_end"] == 0
     assert storm["start_s"] == 0.0
+    assert storm["all_rejoined_s"] == pytest.approx(1.0, abs=1e-3)  # the last rejoin at 11.0
     assert storm["all_whole_s"] == pytest.approx(1.5, abs=1e-3)  # the last whole at 11.5
     assert storm["whole_max_s"] == pytest.approx(1.45, abs=1e-3)  # user 5: dropped 10.05, whole 11.5
     assert storm["whole_p50_s"] == pytest.approx(1.18, abs=1e-3)  # user 2: 10.02 -> 11.2
     assert (storm["backfill_requests"], storm["backfill_items"]) == (2, 30)
-    assert format_storms([storm]) == ("storms: 1  @0.0s 6 dropped, all whole in 1.50 s (p50 1.18, max 1.45), "
-                                      "backfill 2 req / 30 items")
+    assert format_storms([storm]) == ("storms: 1  @0.0s 6 dropped, all rejoined in 1.00 s, whole in 1.50 s "
+                                      "(p50 1.18, max 1.45), backfill 2 req / 30 items")
 
 
 def test_a_user_never_whole_again_is_counted_and_the_storm_never_ends() -> None:
@@ -75,14 +78,17 @@ def test_drops_spread_out_or_too_few_are_no_storm() -> None:
 def test_a_user_whole_before_the_storm_is_seen_still_counts() -> None:
     t = _tracker(6)
     t.note_drop(0, 1.0)
+    t.note_rejoined(0, 1.1)
     t.note_whole(0, 1.2)  # a fast rejoin, before the others drop
     for u in range(1, 6):
         t.note_drop(u, 1.5)
     for u in range(1, 6):
+        t.note_rejoined(u, 1.9)
         t.note_whole(u, 2.0)
     [storm] = _storms(t, 6)
     assert storm["users_dropped"] == 6 and storm["not_whole_at_end"] == 0
     assert storm["whole_p50_s"] == pytest.approx(0.5, abs=1e-3)
+    assert storm["all_rejoined_s"] == pytest.approx(0.9, abs=1e-3)
 
 
 def test_clusters_of_several_processes_merge_into_one_storm() -> None:
@@ -130,7 +136,7 @@ def test_a_proxy_reset_of_every_connection_is_one_storm_and_nothing_is_lost(tmp_
     s = orjson.loads((tmp_path / "summary.json").read_bytes())
     [storm] = s["storms"]
     assert storm["users_dropped"] == users and storm["not_whole_at_end"] == 0
-    assert storm["all_whole_s"] is not None and 0 < storm["all_whole_s"] < 3
+    assert storm["all_whole_s"] is not None and 0 < storm["all_rejoined_s"] <= storm["all_whole_s"] < 3
     assert 2.5 < storm["start_s"] < 4.5
     assert storm["backfill_requests"] >= users
     assert s["delivery"]["lost"] == 0 and s["errors"] == {"disconnected": users}

@@ -166,7 +166,7 @@ def test_stall_holds_data_and_loses_none(proxy: Any, echo_port: int) -> None:
         assert _echo_time(sock, 10) < 0.2
         time.sleep(0.4)
         took = _echo_time(sock, 10)  # sent 0.4 s in: held until 1.1 s
-    assert 0.55 < took < 1.2, took
+    assert 0.55 < took < 1.5, took
 
 
 def test_reset_all_sends_a_tcp_reset(proxy: Any, echo_port: int) -> None:
@@ -200,7 +200,7 @@ def test_latency_50ms_raises_the_ack_p50_by_about_100ms(ref_server: Any, proxy: 
     direct = run_for(Generator(ref_server.url, FAST), 3, 2.0)
     impaired = run_for(Generator(url, FAST), 3, 2.0)
     added = _ack_p50_ms(impaired) - _ack_p50_ms(direct)
-    assert 95 <= added <= 130, (added, _ack_p50_ms(direct))
+    assert 90 <= added <= 150, (added, _ack_p50_ms(direct))  # 2 x 50 ms, plus the proxy's own wake-ups
     assert impaired["ledger"]["lost"] == 0 and impaired["errors"] == {}
 
 

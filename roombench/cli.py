@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_fault_arguments(r)
     add_arguments(r)
     ack_follows_profile(r)
+    _add_impair_argument(r)
 
     c = sub.add_parser("check", help="conformance probe: which contract points does a server get wrong?")
     c.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000")
@@ -65,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG figures and report.md from a sweep's result folder")
     pl.add_argument("folder", type=Path, help="results/<run-id>")
     pl.add_argument("--step", type=int, help="step for the spectra and phases (default: highest all variants ran)")
+
+    _add_proxy_parser(sub)
 
     s = sub.add_parser("serve", help="run a server variant in the foreground")
     from roombench.servers import VARIANTS
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.verb == "plot":
             return _plot(args)
+        if args.verb == "proxy":
+            return _proxy(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         return _interrupted(exc)
     except RoombenchError as exc:  # UsageError included
@@ -154,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, processes=args.processes, duration=args.duration,
                       out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet,
                       profile=profile, server=args.server, chaos=args.chaos)
+    opts.impair = _impair_option(args)
     return run(opts)
 
 
@@ -182,6 +189,43 @@ def _check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {out}: cannot create that directory ({exc.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: directory is not writable")
+
+
+_IMPAIR_HELP = ("network impairment between the load and the server, by a TCP proxy (times from the first "
+                "connection): latency=50ms,jitter=10ms,bandwidth=1mbit,reset-every=10s[:25%%],reset-all@5s,stall@8s:2s")
+
+
+def _add_impair_argument(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--impair", metavar="SPEC", help=_IMPAIR_HELP)
+
+
+def _impair_option(args: argparse.Namespace) -> str | None:
+    """--impair checked before anything starts: a bad SPEC is one line and exit 2."""
+    if not args.impair:
+        return None
+    from roombench.servers.proxy import parse_spec
+
+    parse_spec(args.impair)
+    if args.host and "," in args.host:
+        raise UsageError("--impair takes one server URL: give --host a single URL")
+    return str(args.impair)
+
+
+def _add_proxy_parser(sub: Any) -> None:
+    x = sub.add_parser("proxy", help="a TCP proxy that impairs the network (latency, bandwidth, resets, stalls)")
+    x.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where to listen (default 127.0.0.1:0, a free port; the port is printed)")
+    x.add_argument("--to", required=True, metavar="URL", help="the server, e.g. http://127.0.0.1:8000")
+    x.add_argument("--impair", metavar="SPEC", default="", help=_IMPAIR_HELP)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from roombench.servers.proxy import parse_address, parse_spec, serve
+
+    parse_spec(args.impair) if args.impair else None  # bad input: one line before anything listens
+    parse_address(args.to, "--to")
+    parse_address(args.listen, "--listen")
+    return serve(args.listen, args.to, args.impair)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from roombench.exceptions import BackfillError
 from roombench.chat.ledger import Ledger
 from roombench.measure.metrics import Metrics, add_values, new_histogram, to_micros
 from roombench.measure.report import ProcessReport
+from roombench.measure.storms import StormTracker
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
 from roombench.chat.backfill import BackfillClient
 from roombench.chat.clock import SendClock, one_loop
@@ -60,6 +61,7 @@ class Generator:
         self.typing_sent = SentSignals(scenario.ack_timeout, self.counters, "typing_expired")
         self.read_sent = SentSignals(scenario.ack_timeout, self.counters, "read_receipts_expired")
         self.sessions: dict[int, ChatSession] = {}
+        self.storms = StormTracker(lambda: len(self.sessions))  # reconnect storms (measure/storms.py)
         self.stopping = False
         self.finished = False
         #: every session's send schedule in one greenlet (chat/clock.py)
@@ -109,6 +111,19 @@ class Generator:
         no, self._next_user = self._next_user, self._next_user + 1
         session = self.sessions[no] = ChatSession(self, no)
         return session
+
+    # storm hooks (chat.context.SessionContext): see measure/storms.py
+    def note_drop(self, user_no: int, t: float) -> None:
+        self.storms.note_drop(user_no, t)
+
+    def note_rejoined(self, user_no: int, t: float) -> None:
+        self.storms.note_rejoined(user_no, t)
+
+    def note_whole(self, user_no: int, t: float) -> None:
+        self.storms.note_whole(user_no, t)
+
+    def note_backfill(self, requests: int, items: int) -> None:
+        self.storms.note_backfill(requests, items)
 
     def error(self, kind: str, detail: str) -> None:
         """Count an error; log only the first of each kind (no log storms at 50k/s)."""
@@ -184,7 +199,7 @@ class Generator:
             target=self.host, scenario=self.scenario.to_dict(), profile=self.profile.to_dict(), metrics=metrics,
             loop_lag=lag, ledger=self.ledger.counts(), errors=Counter(self.errors),
             error_samples=dict(self.error_samples), counters=Counter(self.counters), users=len(self.sessions),
-            started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0)
+            started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0, storms=self.storms.to_json())
 
 
 def run_report(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> ProcessReport:

@@ -7,6 +7,7 @@ adds run metadata and SLO verdicts, rewrites it atomically and prints the table.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -62,6 +63,8 @@ class RunOptions:
     target: ServerProcess | None = None
     #: called about once a second while Locust runs (a progress display)
     on_tick: Callable[[], None] | None = None
+    #: network impairment SPEC (servers/proxy.py): the load goes through a proxy that applies it
+    impair: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
@@ -226,7 +229,7 @@ def run(opts: RunOptions) -> int:
             for one in host.split(","):
                 preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
             with _deferred(sig):
-                summary, chaos = _run_locust(opts, host, out, scenario, server or opts.target, sig)
+                summary, chaos = _run_impaired(opts, host, out, scenario, server or opts.target, sig)
         finally:
             if server is not None:
                 with _deferred(sig):
@@ -324,3 +327,51 @@ def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals,
             next_tick = now + 1.0
             opts.on_tick()
         time.sleep(0.05)
+
+
+def _run_impaired(opts: RunOptions, host: str, out: Path, scenario: Scenario, server: ServerProcess | None,
+                  sig: _Signals) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """Locust against ``host``, or with ``opts.impair`` against a proxy in front of it
+    (its own process, stopped in ``finally``; it also exits when our end of its stdin closes,
+    so it cannot outlive us). The summary's metadata.impair says what it did."""
+    if not opts.impair:
+        return _run_locust(opts, host, out, scenario, server, sig)
+    from roombench.servers.proxy import STATS, parse_spec
+
+    imp = parse_spec(opts.impair)
+    if "," in host:
+        raise UsageError("--impair takes one server URL: give --host a single URL")
+    with open(out / "proxy.log", "wb") as log:  # the child keeps its own copy of the fd
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "roombench.servers.proxy", "--to", host, "--impair", opts.impair,
+             "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    stats: dict[str, Any] = {}
+    try:
+        proxied = _proxy_url(proxy, host, out)
+        summary, chaos = _run_locust(opts, proxied, out, scenario, server, sig)
+    finally:
+        try:
+            rest, _ = proxy.communicate(timeout=5)  # closes its stdin: EOF stops the proxy
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            rest, _ = proxy.communicate()
+        for line in rest.splitlines():
+            if line.startswith(STATS + " "):
+                stats = json.loads(line[len(STATS) + 1:])
+    summary["metadata"]["impair"] = {**imp.to_dict(), "target": host, "proxy": stats}
+    return summary, chaos
+
+
+def _proxy_url(proxy: subprocess.Popen[str], host: str, out: Path) -> str:
+    """The proxy's URL once its READY line came (same scheme as ``host``); RoombenchError if it died."""
+    from roombench.servers.proxy import parse_ready
+
+    assert proxy.stdout is not None
+    line = proxy.stdout.readline()  # the proxy prints READY or exits: no hang
+    where = parse_ready(line)
+    if where is None:
+        proxy.wait(5)
+        tail = (out / "proxy.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RoombenchError(f"the impairment proxy did not start: {tail[0]} (see {out}/proxy.log)")
+    scheme = host.split("://", 1)[0]
+    return f"{scheme}://{where[0]}:{where[1]}"

@@ -396,12 +396,14 @@ class ChatSession:
             self.joined.set()
         elif self.t_drop is not None:
             self.gen.metrics.record("rejoin", now() - self.t_connected)
+            self.gen.note_rejoined(self.no, now())  # reconnect storms
             gevent.spawn(self._backfill, epoch)
 
     def on_disconnect(self, reason: str) -> None:
         if self.t_drop is None:  # not forced by us: the server or the network did it
             self.t_drop = now()
             self.gen.error("disconnected", reason)
+            self.gen.note_drop(self.no, self.t_drop)  # reconnect storms
         self.epoch += 1
         self.gap_start = dict(self.last_id)
         if not self._callback:  # echo mode: the transport holds no acks to fail for us
@@ -422,6 +424,7 @@ class ChatSession:
             except BackfillError as exc:
                 gen.error("backfill_error", str(exc))
         t_merge = now()
+        gen.note_backfill(len(self.rooms), sum(len(items) for items in fetched.values()))  # storm backfill load
         self._merge(fetched)
         t_done = now()
         if epoch == self.epoch and self.t_drop is not None:
@@ -429,6 +432,7 @@ class ChatSession:
             gen.metrics.record("merge", t_done - t_merge)
             gen.metrics.record("backfill", t_done - self.t_drop)
             self.t_drop = None
+            gen.note_whole(self.no, t_done)  # reconnect storms
 
     def _merge(self, fetched: dict[str, list[dict[str, Any]]]) -> None:
         """Merge backfilled messages: the ledger dedups by temp_id; our own unconfirmed

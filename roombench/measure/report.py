@@ -49,6 +49,8 @@ class ProcessReport:
     cpu_s: float = 0.0
     processes: int = 1
     cpu_max_fraction: float | None = None  # None: this process's cpu_s / wall_s
+    #: reconnect-storm clusters, plain dicts (measure/storms.py); merged by concatenation
+    storms: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.cpu_max_fraction is None:
@@ -82,6 +84,7 @@ class ProcessReport:
             "cpu_s": self.cpu_s,
             "processes": self.processes,
             "cpu_max_fraction": self.cpu_max_fraction,
+            "storms": self.storms,
         }
 
     @classmethod
@@ -98,7 +101,8 @@ class ProcessReport:
                 ledger=LedgerCounts.from_dict(data["ledger"]), errors=Counter(data["errors"]),
                 error_samples=dict(data["error_samples"]), counters=Counter(data["counters"]),
                 users=data["users"], started=data["started"], wall_s=data["wall_s"], cpu_s=data["cpu_s"],
-                processes=data["processes"], cpu_max_fraction=data["cpu_max_fraction"])
+                processes=data["processes"], cpu_max_fraction=data["cpu_max_fraction"],
+                storms=list(data.get("storms", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"broken {schema} process report: {type(exc).__name__}: {exc}") from None
 
@@ -131,7 +135,8 @@ class ProcessReport:
             counters=counters, users=sum(r.users for r in reports), started=min(r.started for r in reports),
             wall_s=max(r.wall_s for r in reports), cpu_s=sum(r.cpu_s for r in reports),
             processes=sum(r.processes for r in reports),
-            cpu_max_fraction=max(r.cpu_max_fraction or 0.0 for r in reports))
+            cpu_max_fraction=max(r.cpu_max_fraction or 0.0 for r in reports),
+            storms=[s for r in reports for s in r.storms])
 
 
 def _decoded(blob: str) -> HdrHistogram:

@@ -22,6 +22,7 @@ from roombench.exceptions import UsageError
 from roombench.measure.machine import git_revision, versions
 from roombench.measure.metrics import METRICS
 from roombench.measure.report import ProcessReport
+from roombench.measure.storms import format_storms, summarize as summarize_storms
 
 SCHEMA = "roombench.summary/1"
 READABLE = (SCHEMA,)
@@ -138,6 +139,7 @@ def build_summary(merged: ProcessReport, *, target: str, scenario: dict[str, Any
         "errors": dict(merged.errors),
         "error_samples": dict(merged.error_samples),
         "counters": dict(merged.counters),
+        "storms": summarize_storms(merged.storms, merged.users, merged.started),
         "histograms": metrics.encode(),
         "slo": [],
     }
@@ -198,6 +200,8 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("delivery: " + "  ".join(f"{k}={d[k]}" for k in (
         "sent", "acked", "ack_timeouts", "expected", "delivered_live", "live_missed", "recovered", "lost",
         "duplicates", "out_of_order")))
+    if storms := format_storms(summary.get("storms", [])):
+        lines.append(storms)
     errors = summary["errors"]
     lines.append("errors: " + ("  ".join(f"{k}={v}" for k, v in sorted(errors.items())) if errors else "none"))
     gen = summary["metadata"]["generator"]

@@ -4,7 +4,7 @@
  * contract of docs/PROTOCOL.md, exactly like the reference server (roombench/servers/reference.py).
  *
  *   node server.js --host 127.0.0.1 --port 8000 [--token T] [--redis redis://127.0.0.1:6379]
- *                  [--faults '{"drop_live_every": 2}']
+ *                  [--faults '{"drop_live_every": 2}'] [--csr-max-ms 120000]
  *
  * Socket.IO v5 / Engine.IO v4 on Node's http module (no framework: the REST surface is two
  * routes), websocket transport only, path /socket.io/. Without --redis everything lives in
@@ -19,6 +19,14 @@
  *     adapter, id assignment and publication would be two steps, a message could overtake a
  *     lower id from another process, and a lower id missed right before a drop would never be
  *     backfilled (clients fetch "after" the highest id they saw).
+ *
+ * --csr-max-ms N turns on socket.io's connectionStateRecovery with maxDisconnectionDuration
+ * N ms (the node-csr variants): a client that reconnects within N ms with its pid and last
+ * offset gets its rooms back and the events it missed replayed. With --redis it uses
+ * @socket.io/redis-streams-adapter, which supports recovery (the classic redis-adapter does
+ * not); new_message then goes through the adapter (io.to(room)), so the stream stores it for
+ * replay: Redis's stream order is still the order one process assigns ids in, but across
+ * processes a lower id may be published after a higher one (the REST backfill covers it).
  *
  * This server is a benchmark target: the hot path (send_message) allocates the message and
  * its ack and nothing else, handlers are module-level functions (no closures per socket),
@@ -54,7 +62,8 @@ function usageError(message) {
 
 function parseArgs(argv) {
   // the token comes by environment when roombench starts us (never on a command line: ps shows it)
-  const args = { host: "127.0.0.1", port: 8000, token: process.env.ROOMBENCH_SERVER_TOKEN ?? null, redis: null, faults: "" };
+  const args = { host: "127.0.0.1", port: 8000, token: process.env.ROOMBENCH_SERVER_TOKEN ?? null, redis: null, faults: "",
+    "csr-max-ms": null };
   for (let i = 0; i < argv.length; i++) {
     let key = argv[i];
     let value;
@@ -76,6 +85,11 @@ function parseArgs(argv) {
   }
   args.port = port;
   args.faults = parseFaults(args.faults);
+  if (args["csr-max-ms"] !== null) {
+    const ms = Number(args["csr-max-ms"]);
+    if (!Number.isInteger(ms) || ms < 1) usageError(`--csr-max-ms must be an integer >= 1, got ${args["csr-max-ms"]}`);
+    args["csr-max-ms"] = ms;
+  }
   return args;
 }
 
@@ -468,6 +482,10 @@ async function main() {
     pingInterval: 25000,
     pingTimeout: 20000,
     maxHttpBufferSize: 1000000,
+    ...(args["csr-max-ms"] === null ? {} : {
+      // middlewares run on a recovered connect too: the token is checked every time
+      connectionStateRecovery: { maxDisconnectionDuration: args["csr-max-ms"], skipMiddlewares: false },
+    }),
   });
   let closeStore = async () => {};
   if (args.redis) {

@@ -94,3 +94,22 @@ def test_csr_against_a_server_without_recovery_falls_back(server_factory: Any) -
 def test_bad_recovery_options_are_one_line_usage_errors(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("-", "\\-")):
         Scenario(**bad).validate()
+
+
+def test_csr_across_two_processes_with_the_redis_streams_adapter(server_factory: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("node") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs node and redis-server on PATH")
+    monkeypatch.setenv(CSR_MAX_ENV, str(MAX_MS))
+    server = server_factory("node-csr-redis", token=REF_TOKEN)
+    assert "," in server.url  # two processes: users spread over both
+    c, r = _run(server.url, DROPPY)
+    assert r["reconnects"] >= 6
+    assert r["recovered"] / r["reconnects"] > 0.95, r["not_recovered"]
+    assert c["recovered_replay"] > 0
+
+
+def test_a_bad_max_disconnection_duration_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CSR_MAX_ENV, "soon")
+    with pytest.raises(UsageError, match=f"\\${CSR_MAX_ENV} must be a whole number of milliseconds"):
+        start_server("node-csr")

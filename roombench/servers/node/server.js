@@ -24,9 +24,10 @@
  * N ms (the node-csr variants): a client that reconnects within N ms with its pid and last
  * offset gets its rooms back and the events it missed replayed. With --redis it uses
  * @socket.io/redis-streams-adapter, which supports recovery (the classic redis-adapter does
- * not); new_message then goes through the adapter (io.to(room)), so the stream stores it for
- * replay: Redis's stream order is still the order one process assigns ids in, but across
- * processes a lower id may be published after a higher one (the REST backfill covers it).
+ * not); new_message then goes through the adapter (io.to(room) in the storing process, after
+ * the Lua script), so the stream stores it for replay. Id assignment and publication are then
+ * two steps: across processes a message may overtake a lower id (counted as out_of_order; a
+ * replay covers it, a REST backfill "after" the higher id does not).
  *
  * This server is a benchmark target: the hot path (send_message) allocates the message and
  * its ack and nothing else, handlers are module-level functions (no closures per socket),
@@ -169,15 +170,18 @@ const NEW_MESSAGE_CHANNEL = `${KEY_PREFIX}new_message`;
 
 /** Messages in Redis, shared by every process on the same Redis. Calls return promises. */
 class RedisStore {
-  constructor(client) {
+  constructor(client, fanOutHere = false) {
     this.sync = false;
     this.client = client;
     this.sha = null;
+    /** recovery (the streams adapter): the storing process emits through the adapter itself */
+    this.fanOutHere = fanOutHere;
   }
 
   /** Load the script and fan every published message out to this process's sockets. */
   async start(subscriber, server) {
     this.sha = await this.client.sendCommand(["SCRIPT", "LOAD", APPEND_SCRIPT]);
+    if (this.fanOutHere) return;
     // one subscription, one listener: local delivery keeps Redis's (= id) order
     await subscriber.subscribe(NEW_MESSAGE_CHANNEL, (json) => {
       const message = JSON.parse(json);
@@ -197,6 +201,10 @@ class RedisStore {
     } catch (err) {
       if (!String(err.message).startsWith("NOSCRIPT")) throw err;
       id = await this.client.sendCommand(["EVAL", APPEND_SCRIPT, ...args]); // Redis lost its scripts
+    }
+    if (this.fanOutHere) {
+      // through the adapter (not io.local): only what the stream stores can be replayed
+      io.to(channelId).emit("new_message", { id, ...JSON.parse(body) });
     }
     return id;
   }
@@ -455,17 +463,18 @@ function messages(res, channelId, queryString) {
 // ---------------------------------------------------------------- main
 
 /** Connect the Redis clients, install the adapter and return the store and a closer. */
-async function useRedis(server, url) {
+async function useRedis(server, url, recovery) {
   const { createClient } = require("redis");
-  const { createAdapter } = require("@socket.io/redis-adapter");
+  // connection state recovery needs an adapter that stores packets: the Redis Streams one
+  const { createAdapter } = require(recovery ? "@socket.io/redis-streams-adapter" : "@socket.io/redis-adapter");
   const pub = createClient({ url });
   const sub = pub.duplicate();
   const data = pub.duplicate(); // storage apart from pub/sub: a backfill never waits on a publish
   const clients = [pub, sub, data];
   for (const client of clients) client.on("error", (err) => process.stderr.write(`redis: ${err.message}\n`));
   await Promise.all(clients.map((client) => client.connect()));
-  server.adapter(createAdapter(pub, sub));
-  const redisStore = new RedisStore(data);
+  server.adapter(recovery ? createAdapter(pub) : createAdapter(pub, sub));
+  const redisStore = new RedisStore(data, recovery);
   await redisStore.start(sub, server);
   const close = () => Promise.allSettled(clients.map((client) => client.quit()));
   return { store: redisStore, close };
@@ -492,7 +501,7 @@ async function main() {
     if (Object.keys(FAULT_DEFAULTS).some((name) => faults[name] !== FAULT_DEFAULTS[name])) {
       usageError("--faults is not supported with --redis");
     }
-    const redis = await useRedis(io, args.redis);
+    const redis = await useRedis(io, args.redis, args["csr-max-ms"] !== null);
     store = redis.store;
     closeStore = redis.close;
   } else {

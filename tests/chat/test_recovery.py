@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from roombench.chat.ledger import Ledger
 from roombench.chat.scenario import Scenario
 from roombench.exceptions import UsageError
 from roombench.generator import Generator, run_for
-from roombench.measure.summary import recovery_section
+from roombench.measure.summary import format_recovery, recovery_section
 from roombench.servers import ServerProcess, start_server
 from roombench.servers.variants import CSR_MAX_ENV
 
@@ -113,3 +114,36 @@ def test_a_bad_max_disconnection_duration_is_a_usage_error(monkeypatch: pytest.M
     monkeypatch.setenv(CSR_MAX_ENV, "soon")
     with pytest.raises(UsageError, match=f"\\${CSR_MAX_ENV} must be a whole number of milliseconds"):
         start_server("node-csr")
+
+
+# ---------------------------------------------------------------------- bookkeeping, no server
+
+
+def test_ledger_counts_a_replay_as_recovered_and_a_second_copy_as_a_duplicate() -> None:
+    ledger = Ledger("p-")
+    tid = ledger.new_temp_id()
+    ledger.on_sent(tid, "r", 0, frozenset({0, 1, 2}), 1.0)
+    ledger.on_acked(tid, 1)
+    assert ledger.on_live(1, tid, 1) == 1.0
+    assert ledger.on_replay(2, tid, 1) is True  # 2 missed it live: the replay recovered it
+    assert ledger.on_replay(1, tid, 1) is False  # 1 had it live: the replay brought it twice
+    ledger.note_replay_overlap()
+    c = ledger.counts()
+    assert (c.delivered_live, c.recovered, c.recovered_replay, c.recovered_backfill, c.lost) == (1, 1, 1, 0, 0)
+    assert (c.duplicates, c.replay_backfill_overlap) == (1, 1)
+
+
+def test_summary_recovery_section_and_its_table_line() -> None:
+    counters = {"recovery_reconnects": 4, "recovery_recovered": 3, "recovery_not_recovered.expired": 1,
+                "recovery_replayed": 7, "recovery_backfilled_after": 1, "forced_drops": 4}
+    delivery = {"recovered_replay": 6, "recovered_backfill": 2, "replay_backfill_overlap": 5}
+    r = recovery_section(counters, delivery, {"p50": 12.0, "p99": 30.0})
+    assert r == {"reconnects": 4, "recovered": 3, "recovered_pct": 75.0, "not_recovered": {"expired": 1},
+                 "replayed": 7, "backfilled_after_recovery": 1,
+                 "messages": {"replay": 6, "backfill": 2, "replay_backfill_overlap": 5},
+                 "time_ms": {"p50": 12.0, "p99": 30.0}}
+    assert format_recovery({"recovery": r}) == (
+        "recovery: 3/4 reconnects recovered (75%), not: expired=1; replayed=7; messages recovered by "
+        "replay=6 backfill=2 (after a recovery 1), overlap=5; recover p50=12 p99=30 ms")
+    assert format_recovery({"recovery": recovery_section({}, {}, None)}) is None  # --recovery rest
+    assert format_recovery({}) is None  # a summary written before the section existed

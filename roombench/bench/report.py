@@ -221,7 +221,9 @@ def recovery_table(sw: Sweep) -> list[str]:
                     continue
                 pct = "-" if rec["recovered_pct"] is None else f"{rec['recovered_pct']:.1f} %"
                 why = ", ".join(f"{k} {n}" for k, n in rec["not_recovered"].items()) or "-"
-                cells = [v, str(s), sc.get("recovery", "rest"), str(sc.get("drop_for", 0)), str(rec["reconnects"]),
+                mode = sc.get("recovery", "rest")
+                tried = str(rec["reconnects"]) if mode != "rest" else "not tried"  # rest sends no pid
+                cells = [v, str(s), mode, str(sc.get("drop_for", 0)), tried,
                          pct, why, str(rec["replayed"]), str(d.get("recovered_replay", 0)),
                          str(d.get("recovered_backfill", 0)), str(rec["backfilled_after_recovery"]), str(d["lost"]),
                          str(d["duplicates"]), _p50_p99(r, "recover"), _p50_p99(r, "backfill")]

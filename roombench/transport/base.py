@@ -83,7 +83,8 @@ class Recovery:
     ``reason`` when not recovered: ``unsupported`` (the CONNECT reply had no pid: recovery
     is off on the server), ``no_offset`` (no event had reached us yet, so there was no
     offset to send), ``expired`` (the server answered with a new pid: the session expired,
-    its pid was unknown or its offset too old; the server does not say which).
+    its pid was unknown or its offset too old; the server does not say which), ``not_tried``
+    (``recover`` is off: no pid was sent).
     ``replayed``: events the server replayed before its CONNECT reply.
     """
 

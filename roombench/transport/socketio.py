@@ -180,7 +180,7 @@ class LeanTransport(FramedTransport):
             if recovered:
                 self.recovery = Recovery(True, None, self._replayed)
             else:
-                reason = ("unsupported" if pid is None or sent_pid is None
+                reason = ("not_tried" if not self.recover else "unsupported" if pid is None or sent_pid is None
                           else "no_offset" if sent_offset is None else "expired")
                 self.recovery = Recovery(False, reason, self._replayed)
         if not recovered:

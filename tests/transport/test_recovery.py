@@ -138,6 +138,7 @@ def test_without_recover_the_reconnect_carries_no_pid(scripted: Any, transports:
     t.drop()
     wait_for(lambda: rec.connects == [False, True])
     assert connects[1] == {"token": REF_TOKEN}
+    assert t.recovery == Recovery(False, "not_tried", 0)
 
 
 # ---------------------------------------------------------------------- real node servers

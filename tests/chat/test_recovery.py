@@ -4,10 +4,12 @@ node servers (short runs: 4-6 users for 3 s with forced drops)."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import gevent.monkey
 import pytest
 
 from roombench.chat.ledger import Ledger
@@ -18,7 +20,7 @@ from roombench.measure.summary import format_recovery, recovery_section
 from roombench.servers import ServerProcess, start_server
 from roombench.servers.variants import CSR_MAX_ENV
 
-from tests.helpers import REF_TOKEN
+from tests.helpers import REF_TOKEN, wait_for
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -84,6 +86,26 @@ def test_csr_against_a_server_without_recovery_falls_back(server_factory: Any) -
     assert r["reconnects"] >= 6 and r["recovered"] == 0
     assert r["not_recovered"] == {"unsupported": r["reconnects"]}
     assert c["recovered"] == c["recovered_backfill"] > 0
+
+
+def test_a_send_whose_ack_died_with_the_connection_is_confirmed_by_its_replayed_echo(
+        csr_server: ServerProcess) -> None:
+    gen = Generator(csr_server.url, replace(DROPPY, room_size=2, drop_every=0.0, typing_every=0, read_every=0))
+    alice, bob = gen.new_session(), gen.new_session()
+    assert alice.start() and bob.start()
+    room = alice.rooms[0]
+    alice.send(room, time.perf_counter(), 0)  # its echo gives alice an offset
+    wait_for(lambda: gen.ledger.counts().delivered_live == 1 and alice.transport.connected)
+    alice.send(room, time.perf_counter(), 1)
+    # a real sleep: the server stores, acks and echoes it while nothing here reads; the drop
+    # then discards both unread, and only the replay can tell alice the server had it
+    gevent.monkey.get_original("time", "sleep")(0.2)
+    alice.drop()
+    wait_for(lambda: alice.whole and alice.transport.connected)
+    c = gen.ledger.counts()
+    assert gen.counters["recovery_recovered"] == 1
+    assert (c.sent, c.acked, c.voided, c.lost) == (2, 2, 0, 0)  # not voided: it reached the server
+    gen.finish()
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -74,6 +74,15 @@ def _node_csr_command(host: str, port: int, token: str | None) -> list[str]:
     return _node_command(host, port, token) + ["--csr-max-ms", raw]
 
 
+def _node_csr_redis_command(host: str, port: int, token: str | None) -> list[str]:
+    """argv of node-csr-redis; ServerError when the Redis Streams adapter is not installed."""
+    argv = _node_csr_command(host, port, token)
+    if not (NODE_DIR / "node_modules" / "@socket.io" / "redis-streams-adapter").is_dir():
+        raise ServerError(f"server variant 'node-csr-redis' needs @socket.io/redis-streams-adapter in {NODE_DIR}; "
+                          "run: npm ci --prefix roombench/servers/node")
+    return argv
+
+
 VARIANTS: dict[str, Variant] = {
     "py": Variant(
         name="py",
@@ -127,7 +136,7 @@ VARIANTS: dict[str, Variant] = {
         name="node-csr-redis",
         description="node-csr in 2 processes through one redis-server with @socket.io/redis-streams-adapter "
         "(an adapter that supports recovery; the classic redis-adapter does not)",
-        command=_node_csr_command,
+        command=_node_csr_redis_command,
         processes=2,
         redis=True,
     ),

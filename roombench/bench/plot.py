@@ -107,6 +107,34 @@ def plot_backfill_phases(sw: Sweep, step: int, out: Path) -> Path:
     return _save(fig, out / "backfill_phases.png")
 
 
+def plot_recovery_paths(sw: Sweep, out: Path) -> Path | None:
+    """Both ways back after a drop, per variant and step (labelled by --recovery): the median
+    drop -> recovered (Socket.IO recovery) beside drop -> backfilled (rejoin + REST).
+    None when no step dropped connections."""
+    labels, recover, backfill = [], [], []
+    for v in sw.variants:
+        for s in sw.steps:
+            runs = sw.at(v, s)
+            sc = runs[0].summary["metadata"]["scenario"] if runs else {}
+            if not sc.get("drop_every") or "recovery" not in sc:  # no drops, or a summary from before
+                continue
+            labels.append(f"{v}\ns{s} {sc.get('recovery')}" + (f" +{sc['drop_for']:g}s" if sc.get("drop_for") else ""))
+            for name, vals in (("recover", recover), ("backfill", backfill)):
+                h = sw.merged(v, s).histogram(name)
+                vals.append(h.get_value_at_percentile(50.0) / 1000.0 if h.total_count else 0.0)
+    if not labels:
+        return None
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels)), 5))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, recover, 0.4, label="recovered (drop -> CONNECT reply)")
+    ax.bar(x + 0.2, backfill, 0.4, label="backfilled (drop -> rejoined, fetched, merged)")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set(title="after a drop: Socket.IO recovery vs REST backfill, medians", ylabel="time (ms)",
+           ylim=(0, 1.3 * max(recover + backfill + [1.0])))  # headroom for the legend
+    ax.legend(loc="upper left")
+    return _save(fig, out / "recovery_paths.png")
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -121,5 +149,6 @@ def plot_all(folder: str | Path, step: int | None = None) -> list[Path]:
     files = [p for p in (plot_spectrum(sw, step, m, sw.folder) for m in SPECTRUM_METRICS) if p]
     files += [plot_latency_vs_load(sw, sw.folder), plot_throughput(sw, sw.folder),
               plot_backfill_phases(sw, step, sw.folder)]
+    files += [p for p in (plot_recovery_paths(sw, sw.folder),) if p]
     files.append(write_report(sw, [f.name for f in files], step))
     return files

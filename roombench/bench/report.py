@@ -206,6 +206,36 @@ def step_table(sw: Sweep, step: int) -> list[str]:
     return rows
 
 
+def recovery_table(sw: Sweep) -> list[str]:
+    """Markdown rows, rest vs csr vs auto side by side: one (variant, step) per row with its
+    --recovery mode, reconnects recovered, why not, and what replay and backfill each found.
+    Empty when no step measured recovery (summaries without a ``recovery`` section included)."""
+    head = ["variant", "step", "recovery", "drop_for", "reconnects", "recovered", "not recovered", "replayed",
+            "by replay", "by backfill", "after recovery", "lost", "duplicates", "recover p50/p99", "backfill p50/p99"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in sw.variants:
+        for s in sw.steps:
+            for r in sw.at(v, s):
+                sc, d, rec = r.summary["metadata"]["scenario"], r.summary["delivery"], r.summary.get("recovery")
+                if rec is None or sc.get("drop_every", 0) == 0:
+                    continue
+                pct = "-" if rec["recovered_pct"] is None else f"{rec['recovered_pct']:.1f} %"
+                why = ", ".join(f"{k} {n}" for k, n in rec["not_recovered"].items()) or "-"
+                mode = sc.get("recovery", "rest")
+                tried = str(rec["reconnects"]) if mode != "rest" else "not tried"  # rest sends no pid
+                cells = [v, str(s), mode, str(sc.get("drop_for", 0)), tried,
+                         pct, why, str(rec["replayed"]), str(d.get("recovered_replay", 0)),
+                         str(d.get("recovered_backfill", 0)), str(rec["backfilled_after_recovery"]), str(d["lost"]),
+                         str(d["duplicates"]), _p50_p99(r, "recover"), _p50_p99(r, "backfill")]
+                rows.append("| " + " | ".join(cells) + " |")
+    return rows if len(rows) > 2 else []
+
+
+def _p50_p99(r: StepResult, metric: str) -> str:
+    lat = r.summary["latency_ms"].get(metric) or {}  # older summaries have no "recover"
+    return f"{_cell([lat.get('p50')])} / {_cell([lat.get('p99')])}"
+
+
 def _capacity(sw: Sweep, variant: str) -> str:
     cap = sw.meta.get("capacity", {}).get(variant)
     if not cap:
@@ -226,6 +256,9 @@ def write_report(sw: Sweep, figures: list[str], at_step: int) -> Path:
         lines += [f"## Step {s}: " + ", ".join(f"{k}={v}" for k, v in step.items()), ""]
         lines += step_table(sw, s)
         lines += [""] + [f"- {c}" for c in compare(sw, s, "ack") + compare(sw, s, "fanout")] + [""]
+    recovery = recovery_table(sw)
+    if recovery:
+        lines += ["## Connection state recovery (rest vs csr vs auto)", ""] + recovery + [""]
     failed = sw.meta.get("failed", {})
     if failed:
         lines += ["## Failed steps", ""] + [f"- {k}: {v}" for k, v in failed.items()] + [""]

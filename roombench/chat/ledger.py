@@ -10,7 +10,8 @@ Accounting (every counter is a count of events, see :class:`LedgerCounts`)::
     expected       = sum over sent messages of |members at send time - {sender}|
     delivered_live = expected pairs that arrived as a live new_message (first time)
     live_missed    = expected - delivered_live
-    recovered      = missed pairs that a REST backfill returned
+    recovered      = missed pairs that a REST backfill returned or a Socket.IO recovery
+                     replayed (recovered_replay + recovered_backfill)
     lost           = live_missed - recovered      (never got it at all)
 
 A send that never reached the server (it left as the connection dropped, and a full
@@ -65,6 +66,11 @@ class LedgerCounts:
     out_of_order: int = 0
     unexpected: int = 0
     voided: int = 0
+    #: connection state recovery: ``recovered`` split by how (replay + backfill = recovered)
+    recovered_replay: int = 0
+    recovered_backfill: int = 0
+    #: backfilled messages the replay had already brought (deduped by the merge; not in duplicates)
+    replay_backfill_overlap: int = 0
 
     def __add__(self, other: LedgerCounts) -> LedgerCounts:
         if not isinstance(other, LedgerCounts):
@@ -118,7 +124,7 @@ class Ledger:
     __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
                  "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
                  "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window", "_opaque", "_rank",
-                 "_start")
+                 "_start", "_recovered_replay", "_replay_overlap")
 
     def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW,
                  opaque_ids: bool = False) -> None:
@@ -140,6 +146,7 @@ class Ledger:
         self._sent = self._acked = self._ack_timeouts = self._ack_errors = 0
         self._expected = self._delivered_live = self._recovered = 0
         self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
+        self._recovered_replay = self._replay_overlap = 0
 
     # -- sending side -----------------------------------------------------------------------
 
@@ -263,6 +270,32 @@ class Ledger:
             self._retire(temp_id, rec)
         return True
 
+    def on_replay(self, receiver: int, temp_id: str, msg_id: Any) -> bool:
+        """A Socket.IO connection state recovery replayed ``temp_id`` to ``receiver`` (it was
+        missed live); True if it filled a gap. A copy the receiver already had is a
+        duplicate (the replay started before what it had seen), as a second live copy is."""
+        rec = self._records.get(temp_id)
+        if rec is not None and receiver in rec[_PENDING]:
+            rec[_PENDING].remove(receiver)
+            self._recovered += 1
+            self._recovered_replay += 1
+            if msg_id is not None:
+                self._note_id(rec, msg_id)
+            if not rec[_PENDING] and rec[_SETTLED]:
+                self._retire(temp_id, rec)
+            return True
+        self.on_live(receiver, temp_id, msg_id)  # not pending: classified as any extra copy is
+        return False
+
+    def sent_at(self, temp_id: Any) -> float | None:
+        """The intended send time of an in-flight ``temp_id`` (None when retired or unknown)."""
+        rec = self._records.get(temp_id)
+        return None if rec is None else rec[_T]
+
+    def note_replay_overlap(self) -> None:
+        """A backfill returned a message the receiver's recovery replay had already brought."""
+        self._replay_overlap += 1
+
     def note_out_of_order(self) -> None:
         """The session saw a lower id after a higher one for one (receiver, room)."""
         self._out_of_order += 1
@@ -301,6 +334,8 @@ class Ledger:
             expected=self._expected, delivered_live=self._delivered_live, live_missed=live_missed,
             recovered=self._recovered, lost=live_missed - self._recovered, duplicates=self._duplicates,
             out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
+            recovered_replay=self._recovered_replay, recovered_backfill=self._recovered - self._recovered_replay,
+            replay_backfill_overlap=self._replay_overlap,
         )
 
     def in_flight(self) -> int:

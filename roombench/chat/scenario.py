@@ -26,6 +26,8 @@ class Scenario:
     size: int = 64  # bytes of message content
     ack: Literal["callback", "echo"] = "callback"
     drop_every: float = 0.0  # mean seconds between forced TCP aborts per user; 0 = never
+    drop_for: float = 0.0  # seconds a forced drop stays down before the reconnect backoff; 0 = just the backoff
+    recovery: Literal["rest", "csr", "auto"] = "rest"  # after a reconnect: REST backfill, Socket.IO recovery, or both
     transport: Transport = "lean"
     token: str = ""
     typing_every: int = 10  # every N-th message is preceded by a typing event; 0 = never
@@ -52,6 +54,12 @@ class Scenario:
             (self.ack in ("callback", "echo"), "--ack must be callback or echo"),
             (0 <= self.drop_every <= week, f"--drop-every must be between 0 and {week:.0f} seconds"),
             (self.transport in ("lean", "compat", "ws"), "--transport must be lean, compat or ws"),
+            (0 <= self.drop_for <= week, f"--drop-for must be between 0 and {week:.0f} seconds"),
+            (self.drop_for == 0 or self.transport == "lean", "--drop-for needs --transport lean"),
+            (self.recovery in ("rest", "csr", "auto"), "--recovery must be rest, csr or auto"),
+            (self.recovery == "rest" or self.transport == "lean",
+             ("--recovery csr/auto needs --transport lean (python-socketio's client does not implement "
+              "connection state recovery; a plain WebSocket has none)")),
             (self.typing_every >= 0 and self.read_every >= 0, "--typing-every/--read-every must be >= 0"),
             (0 < self.ack_timeout <= week, f"--ack-timeout must be > 0 and <= {week:.0f} seconds"),
             (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
@@ -88,6 +96,11 @@ OPTION_HELP: dict[str, str] = {
     "size": "message content size in bytes",
     "ack": "confirmation: callback (Socket.IO ack) or echo (own new_message with the temp_id)",
     "drop_every": "abort each user's TCP connection every N s on average (0 = never) to measure reconnect -> backfill",
+    "drop_for": "a forced drop stays down this many seconds before reconnecting (e.g. longer than the "
+    "server's maxDisconnectionDuration, so recovery must fail); 0 = only the reconnect backoff",
+    "recovery": "after a reconnect: rest = rejoin + REST backfill; csr = rely on Socket.IO connection state "
+    "recovery, rejoin + backfill only when the server did not recover; auto = recovery plus rejoin + backfill "
+    "as a safety net (measures what recovery missed)",
     "transport": "lean (fast own framing) or compat (python-socketio Client) for Socket.IO; ws for a plain WebSocket server",
     "token": "auth token sent in the Socket.IO auth payload and as Bearer on REST",
     "typing_every": "send a typing event before every N-th message (0 = never)",
@@ -98,11 +111,13 @@ OPTION_HELP: dict[str, str] = {
     "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
     "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
 }
-_SECONDS = {"drop_every", "ack_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
+_SECONDS = {"drop_every", "drop_for", "ack_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
 OPTION_HELP |= {  # every time option is bounded; say so where users look
     k: v + " (at most 604800 = 7 days)" for k, v in OPTION_HELP.items() if k in _SECONDS
 }
 
+
+_CHOICES = {"ack": ["callback", "echo"], "transport": ["lean", "compat", "ws"], "recovery": ["rest", "csr", "auto"]}
 
 #: the environment variable a Locust process reads the token from (`roombench run` sets it)
 TOKEN_ENV = "ROOMBENCH_TOKEN"
@@ -114,8 +129,8 @@ def add_arguments(parser: Any, *, include_locust_ui: bool = False) -> None:
     for f in fields(Scenario):
         default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {"default": default, "help": OPTION_HELP[f.name]}
-        if f.name in ("ack", "transport"):
-            kwargs["choices"] = ["callback", "echo"] if f.name == "ack" else ["lean", "compat", "ws"]
+        if f.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[f.name]
         else:
             kwargs["type"] = type(default)
         if f.name == "token":

@@ -54,7 +54,8 @@ class ChatSession:
                  "disconnected_sends", "joined", "t_connect", "t_drop", "t_connected", "epoch", "_joins_left",
                  "_closed", "_callback", "_window", "_k", "content", "_ev_send", "_ev_typing", "_ev_read",
                  "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
-                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport", "_sends", "_drops", "_house", "_tick")
+                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport", "_sends", "_drops", "_house", "_tick",
+                 "_replayed", "_recovered_gap")
 
     def __init__(self, gen: SessionContext, user_no: int) -> None:
         self.gen = gen
@@ -90,6 +91,12 @@ class ChatSession:
             sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,
             auth_extra={p.field("user_id"): self.user_id},
             reconnect=_policy(sc.reconnect_delay, sc.reconnect_delay_max), ack_timeout=sc.ack_timeout)
+        # connection state recovery (--recovery csr|auto): the transport sends {pid, offset}
+        self.transport.recover = sc.recovery != "rest"
+        #: auto: temp_ids the recovery replay brought in this gap (the backfill overlap with it)
+        self._replayed: set[str] | None = None
+        #: auto: the reconnect of this gap was recovered (what the backfill still finds, recovery missed)
+        self._recovered_gap = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -232,7 +239,11 @@ class ChatSession:
         if self.transport.connected and self.whole:
             self.gen.counters["forced_drops"] += 1
             self.t_drop = now()
-            self.transport.drop()
+            down = self.gen.scenario.drop_for
+            if down:
+                self.transport.drop_for(down)
+            else:
+                self.transport.drop()
 
     def _on_ack(self, temp_id: str, payload: Any, error: str | None) -> None:
         t = now()
@@ -303,6 +314,8 @@ class ChatSession:
         state = self.unconfirmed.get(temp_id)
         if state is not None or gen.ledger.sender_of(temp_id) == self.no:
             self._on_own_echo(temp_id, msg_id, sender, state, t)
+        elif self.transport.replaying:
+            self._on_replayed(temp_id, msg_id)
         else:
             t0 = gen.ledger.on_live(self.no, temp_id, msg_id)
             if t0 is None:
@@ -327,7 +340,10 @@ class ChatSession:
         # every reconnect), so its name for us is learned from every own copy
         if sender is not None:
             self.server_id = sender
-        if state is None:  # already confirmed by its ack: nothing else to learn
+        if state is None:  # already confirmed by its ack (or its ack was lost with the connection)
+            if temp_id in self.disconnected_sends:  # a recovery replay: the server had it
+                del self.disconnected_sends[temp_id]
+                self.gen.ledger.on_acked(temp_id, msg_id)
             return
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
@@ -351,6 +367,14 @@ class ChatSession:
         if t0 is not None:
             self.gen.metrics.record(metric, now() - t0)
 
+    def _on_replayed(self, temp_id: str, msg_id: Any) -> None:
+        """A message the server's recovery replayed (missed live: no fan-out latency)."""
+        self.gen.ledger.on_replay(self.no, temp_id, msg_id)
+        if self.gen.scenario.recovery == "auto":
+            if self._replayed is None:
+                self._replayed = set()
+            self._replayed.add(temp_id)
+
     # -- connection lifecycle (inline) ------------------------------------------------
 
     def on_connect(self, is_reconnect: bool) -> None:
@@ -360,6 +384,10 @@ class ChatSession:
             self.t_connected = t
             if self.t_drop is not None:
                 self.gen.metrics.record("reconnect", t - self.t_drop)
+            mode = self.gen.scenario.recovery
+            if mode != "rest" and self._count_recovery(t) and mode == "csr":
+                self._resume_recovered()
+                return  # the server restored our rooms: no rejoin, no backfill
         else:
             self.gen.metrics.record("connect", t - self.t_connect)
         self._joins_left = len(self.rooms)
@@ -371,6 +399,32 @@ class ChatSession:
             else:
                 self.transport.emit(join, {f_room: room})
                 self._on_join_ack(room, None, None, epoch)
+
+    def _count_recovery(self, t: float) -> bool:
+        """Count this reconnect's recovery outcome; True when the server recovered the session."""
+        counters, rec = self.gen.counters, self.transport.recovery
+        counters["recovery_reconnects"] += 1
+        if rec is None or not rec.recovered:
+            counters["recovery_not_recovered." + ((rec.reason or "unknown") if rec else "unsupported")] += 1
+            self._recovered_gap = False
+            return False
+        counters["recovery_recovered"] += 1
+        counters["recovery_replayed"] += rec.replayed
+        if self.t_drop is not None:
+            self.gen.metrics.record("recover", t - self.t_drop)
+        self._recovered_gap = True
+        return True
+
+    def _resume_recovered(self) -> None:
+        """--recovery csr, recovered: the replay (which came before the CONNECT reply) holds
+        every event for our rooms since our offset, our own echoes included; a send whose
+        echo it did not hold never reached the server (it died with the connection)."""
+        for temp_id in self.disconnected_sends:
+            self.gen.ledger.void(temp_id)
+        self.disconnected_sends.clear()
+        self.t_drop = None
+        if self._window:
+            self._fill()
 
     def _forget_server_name(self) -> None:
         """A server that named us itself may name us anew on this connection: unknown
@@ -406,6 +460,7 @@ class ChatSession:
             self.gen.note_drop(self.no, self.t_drop)  # reconnect storms
         self.epoch += 1
         self.gap_start = dict(self.last_id)
+        self._replayed = None
         if not self._callback:  # echo mode: the transport holds no acks to fail for us
             for temp_id in self.unconfirmed:
                 self.disconnected_sends[temp_id] = ""
@@ -426,6 +481,8 @@ class ChatSession:
         t_merge = now()
         gen.note_backfill(len(self.rooms), sum(len(items) for items in fetched.values()))  # storm backfill load
         self._merge(fetched)
+        self._replayed = None
+        self._recovered_gap = False
         t_done = now()
         if epoch == self.epoch and self.t_drop is not None:
             gen.metrics.record("fetch", t_merge - t_fetch)
@@ -433,6 +490,20 @@ class ChatSession:
             gen.metrics.record("backfill", t_done - self.t_drop)
             self.t_drop = None
             gen.note_whole(self.no, t_done)  # reconnect storms
+
+    def _merge_one(self, temp_id: str, msg_id: Any) -> None:
+        """One backfilled message of someone else; under --recovery auto it also tells what
+        a recovered reconnect missed (sent before it, not replayed) and the replay overlap."""
+        ledger = self.gen.ledger
+        if not self._recovered_gap:
+            ledger.on_backfill(self.no, temp_id, msg_id)
+            return
+        if self._replayed is not None and temp_id in self._replayed:
+            ledger.note_replay_overlap()
+        t0 = ledger.sent_at(temp_id)
+        # sent after the recovered CONNECT: live (maybe still in flight), not a miss of recovery
+        if ledger.on_backfill(self.no, temp_id, msg_id) and t0 is not None and t0 < self.t_connected:
+            self.gen.counters["recovery_backfilled_after"] += 1
 
     def _merge(self, fetched: dict[str, list[dict[str, Any]]]) -> None:
         """Merge backfilled messages: the ledger dedups by temp_id; our own unconfirmed
@@ -445,7 +516,7 @@ class ChatSession:
                     del self.disconnected_sends[temp_id]
                     ledger.on_acked(temp_id, msg_id)
                 elif isinstance(temp_id, str):
-                    ledger.on_backfill(self.no, temp_id, msg_id)
+                    self._merge_one(temp_id, msg_id)
                 if type(msg_id) is int and not self.gen.profile.opaque_ids:
                     if msg_id > self.last_id.get(room, 0):
                         self.last_id[room] = msg_id

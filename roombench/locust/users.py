@@ -13,6 +13,7 @@ ack        send_message    send -> confirmation (failures: ack timeouts/errors)
 fanout     new_message     send -> each other member has it (one row, aggregated)
 connect    socket.io       first connect
 reconnect  socket.io       drop -> connected again
+recover    socket.io       drop -> reconnected with the session recovered (--recovery csr|auto)
 rejoin     join            connected -> every room re-joined
 backfill   fetch / merge   REST fetch of what was missed / merge
 backfill   total           drop -> whole again (rejoined, fetched, merged)
@@ -48,6 +49,7 @@ STAT_NAMES: dict[str, tuple[str, str]] = {
     "fanout": ("fanout", "new_message"),
     "connect": ("connect", "socket.io"),
     "reconnect": ("reconnect", "socket.io"),
+    "recover": ("recover", "socket.io"),
     "rejoin": ("rejoin", "join"),
     "fetch": ("backfill", "fetch"),
     "merge": ("backfill", "merge"),

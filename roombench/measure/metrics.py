@@ -13,6 +13,7 @@ Metrics (all latencies, recorded in seconds, stored in microseconds):
 ``backfill``      connection dropped -> re-joined, fetched and merged
 ``typing``        typing sent -> user_typing at one other member
 ``read_receipt``  mark_read sent -> message_read at one other member
+``recover``       connection dropped -> reconnected with the session recovered (Socket.IO CSR)
 ================  ==============================================================
 
 Recording is the hot path (two or more samples per ack at tens of thousands of acks per
@@ -37,6 +38,7 @@ from hdrh.histogram import HdrHistogram
 #: Every metric name; :meth:`Metrics.record` refuses others.
 METRICS: tuple[str, ...] = (
     "ack", "fanout", "connect", "reconnect", "rejoin", "fetch", "merge", "backfill", "typing", "read_receipt",
+    "recover",
 )
 
 LOWEST_US = 1

@@ -134,8 +134,9 @@ def build_summary(merged: ProcessReport, *, target: str, scenario: dict[str, Any
             },
             **(extra or {}),
         },
-        "latency_ms": metrics.summary(),
+        "latency_ms": (latency := metrics.summary()),
         "delivery": delivery,
+        "recovery": recovery_section(merged.counters, delivery, latency.get("recover")),
         "errors": dict(merged.errors),
         "error_samples": dict(merged.error_samples),
         "counters": dict(merged.counters),
@@ -143,6 +144,41 @@ def build_summary(merged: ProcessReport, *, target: str, scenario: dict[str, Any
         "histograms": metrics.encode(),
         "slo": [],
     }
+
+
+def recovery_section(counters: Any, delivery: dict[str, Any], time_ms: dict[str, Any] | None) -> dict[str, Any]:
+    """Socket.IO connection state recovery (--recovery csr|auto), per reconnect and per message:
+    ``reconnects`` counted, ``recovered`` by the server, ``not_recovered`` by reason
+    (see transport.base.Recovery), ``replayed`` events, ``backfilled_after_recovery``
+    (messages a recovered reconnect missed and the auto backfill found), the delivery
+    ledger's split of ``recovered`` messages, and the ``recover`` latency (drop -> recovered)."""
+    prefix = "recovery_not_recovered."
+    reconnects = int(counters.get("recovery_reconnects", 0))
+    recovered = int(counters.get("recovery_recovered", 0))
+    return {
+        "reconnects": reconnects,
+        "recovered": recovered,
+        "recovered_pct": round(100.0 * recovered / reconnects, 2) if reconnects else None,
+        "not_recovered": {k[len(prefix):]: int(v) for k, v in sorted(counters.items()) if k.startswith(prefix)},
+        "replayed": int(counters.get("recovery_replayed", 0)),
+        "backfilled_after_recovery": int(counters.get("recovery_backfilled_after", 0)),
+        "messages": {"replay": delivery.get("recovered_replay", 0), "backfill": delivery.get("recovered_backfill", 0),
+                     "replay_backfill_overlap": delivery.get("replay_backfill_overlap", 0)},
+        "time_ms": time_ms or {},
+    }
+
+
+def format_recovery(summary: dict[str, Any]) -> str | None:
+    """The table's recovery line; None for a run without --recovery csr|auto (or an older summary)."""
+    r = summary.get("recovery")
+    if not r or not r["reconnects"]:
+        return None
+    why = " ".join(f"{k}={v}" for k, v in r["not_recovered"].items()) or "-"
+    t, m = r["time_ms"], r["messages"]
+    return (f"recovery: {r['recovered']}/{r['reconnects']} reconnects recovered ({_fmt(r['recovered_pct'])}%), "
+            f"not: {why}; replayed={r['replayed']}; messages recovered by replay={m['replay']} "
+            f"backfill={m['backfill']} (after a recovery {r['backfilled_after_recovery']}), "
+            f"overlap={m['replay_backfill_overlap']}; recover p50={_fmt(t.get('p50'))} p99={_fmt(t.get('p99'))} ms")
 
 
 def apply_slos(summary: dict[str, Any], slos: list[Slo]) -> bool:
@@ -202,6 +238,8 @@ def format_table(summary: dict[str, Any]) -> str:
         "duplicates", "out_of_order")))
     if storms := format_storms(summary.get("storms", [])):
         lines.append(storms)
+    if recovery := format_recovery(summary):
+        lines.append(recovery)
     errors = summary["errors"]
     lines.append("errors: " + ("  ".join(f"{k}={v}" for k, v in sorted(errors.items())) if errors else "none"))
     gen = summary["metadata"]["generator"]

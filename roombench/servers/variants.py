@@ -6,12 +6,13 @@ one with an ASGI app factory (``create_app(token=..., faults=...)``).
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from roombench.exceptions import ServerError
+from roombench.exceptions import ServerError, UsageError
 from roombench.wire.profile import Transport
 
 @dataclass(frozen=True)
@@ -60,6 +61,29 @@ def _node_command(host: str, port: int, token: str | None) -> list[str]:
     return [node, str(NODE_DIR / "server.js"), "--host", host, "--port", str(port)]
 
 
+#: the node-csr variants' maxDisconnectionDuration in ms, from this environment variable
+#: (default socket.io's own, 2 minutes): a test or a sweep step sets it short to see recovery fail
+CSR_MAX_ENV = "ROOMBENCH_CSR_MAX_MS"
+CSR_MAX_DEFAULT_MS = 120_000
+
+
+def _node_csr_command(host: str, port: int, token: str | None) -> list[str]:
+    """argv of node-csr: the node server with connectionStateRecovery on."""
+    raw = os.environ.get(CSR_MAX_ENV, "") or str(CSR_MAX_DEFAULT_MS)
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(f"${CSR_MAX_ENV} must be a whole number of milliseconds >= 1, got {raw!r}")
+    return _node_command(host, port, token) + ["--csr-max-ms", raw]
+
+
+def _node_csr_redis_command(host: str, port: int, token: str | None) -> list[str]:
+    """argv of node-csr-redis; ServerError when the Redis Streams adapter is not installed."""
+    argv = _node_csr_command(host, port, token)
+    if not (NODE_DIR / "node_modules" / "@socket.io" / "redis-streams-adapter").is_dir():
+        raise ServerError(f"server variant 'node-csr-redis' needs @socket.io/redis-streams-adapter in {NODE_DIR}; "
+                          "run: npm ci --prefix roombench/servers/node")
+    return argv
+
+
 VARIANTS: dict[str, Variant] = {
     "py": Variant(
         name="py",
@@ -99,6 +123,21 @@ VARIANTS: dict[str, Variant] = {
         description="the node server in 2 processes sharing rooms (@socket.io/redis-adapter) "
         "and messages (sorted sets) through one redis-server",
         command=_node_command,
+        processes=2,
+        redis=True,
+    ),
+    "node-csr": Variant(
+        name="node-csr",
+        description="the node server with socket.io's connectionStateRecovery on "
+        f"(maxDisconnectionDuration ${CSR_MAX_ENV} ms, default {CSR_MAX_DEFAULT_MS})",
+        supports_faults=True,
+        command=_node_csr_command,
+    ),
+    "node-csr-redis": Variant(
+        name="node-csr-redis",
+        description="node-csr in 2 processes through one redis-server with @socket.io/redis-streams-adapter "
+        "(an adapter that supports recovery; the classic redis-adapter does not)",
+        command=_node_csr_redis_command,
         processes=2,
         redis=True,
     ),

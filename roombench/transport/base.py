@@ -74,12 +74,31 @@ class ReconnectPolicy:
         return max(0.0, min(self.delay_max, base + random.uniform(-spread, spread)))
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How the last reconnect went with Socket.IO connection state recovery (a transport's
+    ``recovery``, set before ``on_connect(True)`` runs; None on a first connect and on a
+    transport that does not implement recovery).
+
+    ``reason`` when not recovered: ``unsupported`` (the CONNECT reply had no pid: recovery
+    is off on the server), ``no_offset`` (no event had reached us yet, so there was no
+    offset to send), ``expired`` (the server answered with a new pid: the session expired,
+    its pid was unknown or its offset too old; the server does not say which), ``not_tried``
+    (``recover`` is off: no pid was sent).
+    ``replayed``: events the server replayed before its CONNECT reply.
+    """
+
+    recovered: bool
+    reason: str | None = None
+    replayed: int = 0
+
+
 class Transport(ABC):
     """One connection to ``url`` speaking the contract as ``profile`` spells it."""
 
     # slots down the hierarchy: an instance dict costs every idle user ~0.2 KB
     __slots__ = ("url", "profile", "handlers", "token", "auth_extra", "reconnect", "ack_timeout",
-                 "connect_timeout")
+                 "connect_timeout", "recover", "recovery", "replaying")
 
     def __init__(
         self,
@@ -101,6 +120,13 @@ class Transport(ABC):
         self.reconnect = reconnect
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
+        #: attempt connection state recovery on reconnects (send {pid, offset}); lean only
+        self.recover = False
+        #: the last reconnect's recovery outcome (see :class:`Recovery`)
+        self.recovery: Recovery | None = None
+        #: True while the events reaching on_event are the server's replay of missed packets
+        #: (between our recovery CONNECT and the server's reply)
+        self.replaying = False
 
     @property
     @abstractmethod
@@ -130,6 +156,11 @@ class Transport(ABC):
 
         The reconnect loop then takes over, as for any lost connection.
         """
+
+    def drop_for(self, seconds: float) -> None:
+        """:meth:`drop`, then stay down at least ``seconds`` before reconnecting (a longer
+        outage than the backoff alone makes). Only the lean transport implements the wait."""
+        self.drop()
 
     @abstractmethod
     def close(self) -> None:

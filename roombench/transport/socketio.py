@@ -12,12 +12,13 @@ import functools
 import time
 from typing import Any
 
+import gevent
 import orjson
 
 from roombench.wire import frames, packets
 from roombench.exceptions import ProtocolError
 from roombench.transport.handshake import Endpoint, socketio_endpoint
-from roombench.transport.base import AckCallback
+from roombench.transport.base import AckCallback, Recovery
 from roombench.transport.framed import Conn, FramedTransport
 
 __all__ = ["LeanTransport"]
@@ -43,7 +44,8 @@ class LeanTransport(FramedTransport):
     CONNECT_STAGE = "the Engine.IO / Socket.IO connect"
     HANDSHAKE_HINT = "if this is a plain WebSocket server, use --transport ws"
 
-    __slots__ = ("_ns", "_p42", "_known", "_fast")
+    __slots__ = ("_ns", "_p42", "_known", "_fast", "_pid", "_offset", "_sent_pid", "_sent_offset",
+                 "_replayed", "_down_until")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +53,16 @@ class LeanTransport(FramedTransport):
         self._p42 = _event_prefix(self._ns)
         self._known = self.profile.wire_events
         self._fast = self._ns == "/"  # the byte-prefix fast paths assume no namespace
+        # connection state recovery (socket.io >= 4.6), as socket.io-client does it:
+        #: the private session id of the server's last CONNECT reply; None = recovery off
+        self._pid: str | None = None
+        #: the offset of the last recoverable event received (None: none yet in this session)
+        self._offset: str | None = None
+        #: what the CONNECT of the connection being established carried
+        self._sent_pid: str | None = None
+        self._sent_offset: str | None = None
+        self._replayed = 0  # events received between our recovery CONNECT and its reply
+        self._down_until = 0.0  # drop_for: no reconnect before this monotonic time
 
     def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""
@@ -68,6 +80,18 @@ class LeanTransport(FramedTransport):
             return True
         acks.pending.pop(aid, None)
         return False
+
+    def drop_for(self, seconds: float) -> None:
+        """Drop, and let no reconnect attempt start for ``seconds`` (see :meth:`_establish`)."""
+        self._down_until = _now() + seconds
+        self.drop()
+
+    def _establish(self) -> Conn:
+        # the reconnect loop's every attempt comes here: a drop_for outage waits out its rest
+        wait = self._down_until - _now()
+        if wait > 0:
+            gevent.sleep(wait)
+        return super()._establish()
 
     def _make_endpoint(self) -> Endpoint:
         return socketio_endpoint(self.url, self.profile, self.token, self.auth_extra)
@@ -97,7 +121,11 @@ class LeanTransport(FramedTransport):
                         data = _loads(p[2:])
                     # the str check first: a list or dict as the name is unhashable (fuzz)
                     if type(data) is list and data and type(data[0]) is str and data[0] in self._known:
-                        self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
+                        n = len(data)
+                        if self._pid is not None and n > 1 and type(data[-1]) is str:
+                            self._got_offset(data[-1])  # recovery: the offset never reaches the handlers
+                            n -= 1
+                        self.handlers.on_event(data[0], data[1] if n > 1 else None)
                         return
                 elif kind == 51:
                     i = p.find(b"[", 2)
@@ -125,6 +153,10 @@ class LeanTransport(FramedTransport):
         if t >= packets.CONNECT and ns != self._ns:
             raise ProtocolError(f"packet type {t} for namespace {ns!r}; we connected {self._ns!r}")
         if t == packets.EVENT:
+            if aid is None and self._pid is not None:  # an event with an ack id carries no offset
+                data, offset = packets.split_offset(data)
+                if offset is not None:
+                    self._got_offset(offset)
             if data[0] not in self._known:
                 raise ProtocolError(f"unknown event {data[0]!r}")
             self.handlers.on_event(data[0], data[1] if len(data) > 1 else None)
@@ -132,6 +164,31 @@ class LeanTransport(FramedTransport):
             self._on_ack(aid, data[0] if data else None)  # type: ignore[arg-type]
         else:
             self._on_session_packet(conn, t, data)
+
+    def _got_offset(self, offset: str) -> None:
+        self._offset = offset
+        if self.replaying:
+            self._replayed += 1
+
+    def _recovery_outcome(self, pid: Any) -> None:
+        """Read the CONNECT reply's pid as socket.io-client's onconnect does: recovered when
+        it is the pid we sent. Sets ``recovery`` (on reconnects) before on_connect runs."""
+        pid = pid if isinstance(pid, str) and pid else None
+        sent_pid, sent_offset = self._sent_pid, self._sent_offset
+        recovered = pid is not None and pid == sent_pid and sent_offset is not None
+        if self._ever_connected:
+            if recovered:
+                self.recovery = Recovery(True, None, self._replayed)
+            else:
+                reason = ("not_tried" if not self.recover else "unsupported" if pid is None or sent_pid is None
+                          else "no_offset" if sent_offset is None else "expired")
+                self.recovery = Recovery(False, reason, self._replayed)
+        if not recovered:
+            # a new session: the old offset means nothing in it (socket.io-client keeps it, and
+            # a later reconnect may then replay from a point this session never saw)
+            self._offset = None
+        self._pid = pid
+        self.replaying = False
 
     def _on_ack(self, aid: int, payload: Any) -> None:
         self._acks.answer(aid, payload)  # the slow-path twin of _on_text's ack
@@ -144,9 +201,18 @@ class LeanTransport(FramedTransport):
         elif t == packets.OPEN:
             conn.ping_window = (data["pingInterval"] + data["pingTimeout"]) / 1000.0
             conn.ping_deadline = _now() + conn.ping_window
-            self._send(conn, packets.encode_connect(self._ns, self._endpoint.auth if self._endpoint else None))
+            auth = self._endpoint.auth if self._endpoint else None
+            # without --recovery csr|auto we are a client that does not implement recovery
+            pid = self._pid if self.recover else None
+            self._sent_pid, self._sent_offset = pid, self._offset if pid is not None else None
+            # the server replays what we missed before its CONNECT reply (socket.ts constructor)
+            self.replaying = self._sent_offset is not None
+            self._replayed = 0
+            self._send(conn, packets.encode_connect(self._ns, packets.recovery_auth(auth, pid, self._sent_offset)))
         elif t == packets.CONNECT:
-            self._session_up(conn, str((data or {}).get("sid", "")))
+            data = data or {}
+            self._recovery_outcome(data.get("pid"))
+            self._session_up(conn, str(data.get("sid", "")))
         elif t == packets.CONNECT_ERROR:
             message = packets.connect_error_message(data)
             if conn.sid is None:

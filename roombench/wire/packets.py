@@ -167,3 +167,36 @@ def connect_error_message(data: Any) -> str:
     if isinstance(data, dict):
         return str(data.get("message", data))
     return "no reason given" if data is None else str(data)
+
+
+# ------------------------------------------------------ connection state recovery
+# socket.io >= 4.6 with ``connectionStateRecovery``: the server's CONNECT reply carries
+# ``{"sid", "pid"}`` (pid: the private session id, only when recovery is on); every EVENT it
+# sends without an ack id carries the packet's offset (a string) as its last argument; a
+# client reconnects with ``{"pid", "offset"}`` merged into its auth payload. ACK packets and
+# events with an ack id are never recoverable and carry no offset. (socket.io's
+# lib/socket.ts constructor and _onconnect, socket.io-adapter's SessionAwareAdapter,
+# socket.io-client's Socket._sendConnectPacket / emitEvent / onconnect.)
+
+
+def recovery_auth(auth: dict[str, Any] | None, pid: str | None, offset: str | None) -> dict[str, Any] | None:
+    """The CONNECT payload with recovery: ``{pid, offset, **auth}`` (the auth keys win, as in
+    socket.io-client's ``Object.assign({pid, offset}, auth)``); ``offset`` None is left out,
+    as JSON leaves out the client's ``undefined``. No pid: ``auth`` unchanged."""
+    if pid is None:
+        return auth
+    out: dict[str, Any] = {"pid": pid}
+    if offset is not None:
+        out["offset"] = offset
+    if auth:
+        out.update(auth)
+    return out
+
+
+def split_offset(args: list[Any]) -> tuple[list[Any], str | None]:
+    """(the event's arguments without the offset, the offset) of a recoverable EVENT's
+    argument list (event name first). The offset is the last argument when it is a string
+    after the name; call this only on a session whose CONNECT reply had a pid."""
+    if len(args) > 1 and type(args[-1]) is str:
+        return args[:-1], args[-1]
+    return args, None

@@ -42,7 +42,7 @@ def assert_same_histogram(a, b) -> None:  # noqa: ANN001 - hdrh has no types
 
 def test_metric_names_are_documented() -> None:
     assert METRICS == ("ack", "fanout", "connect", "reconnect", "rejoin", "fetch", "merge", "backfill",
-                       "typing", "read_receipt")
+                       "typing", "read_receipt", "recover")
     import roombench.measure.metrics as module
 
     for name in METRICS:

@@ -4,7 +4,7 @@
  * contract of docs/PROTOCOL.md, exactly like the reference server (roombench/servers/reference.py).
  *
  *   node server.js --host 127.0.0.1 --port 8000 [--token T] [--redis redis://127.0.0.1:6379]
- *                  [--faults '{"drop_live_every": 2}']
+ *                  [--faults '{"drop_live_every": 2}'] [--csr-max-ms 120000]
  *
  * Socket.IO v5 / Engine.IO v4 on Node's http module (no framework: the REST surface is two
  * routes), websocket transport only, path /socket.io/. Without --redis everything lives in
@@ -19,6 +19,15 @@
  *     adapter, id assignment and publication would be two steps, a message could overtake a
  *     lower id from another process, and a lower id missed right before a drop would never be
  *     backfilled (clients fetch "after" the highest id they saw).
+ *
+ * --csr-max-ms N turns on socket.io's connectionStateRecovery with maxDisconnectionDuration
+ * N ms (the node-csr variants): a client that reconnects within N ms with its pid and last
+ * offset gets its rooms back and the events it missed replayed. With --redis it uses
+ * @socket.io/redis-streams-adapter, which supports recovery (the classic redis-adapter does
+ * not); new_message then goes through the adapter (io.to(room) in the storing process, after
+ * the Lua script), so the stream stores it for replay. Id assignment and publication are then
+ * two steps: across processes a message may overtake a lower id (counted as out_of_order; a
+ * replay covers it, a REST backfill "after" the higher id does not).
  *
  * This server is a benchmark target: the hot path (send_message) allocates the message and
  * its ack and nothing else, handlers are module-level functions (no closures per socket),
@@ -54,7 +63,8 @@ function usageError(message) {
 
 function parseArgs(argv) {
   // the token comes by environment when roombench starts us (never on a command line: ps shows it)
-  const args = { host: "127.0.0.1", port: 8000, token: process.env.ROOMBENCH_SERVER_TOKEN ?? null, redis: null, faults: "" };
+  const args = { host: "127.0.0.1", port: 8000, token: process.env.ROOMBENCH_SERVER_TOKEN ?? null, redis: null, faults: "",
+    "csr-max-ms": null };
   for (let i = 0; i < argv.length; i++) {
     let key = argv[i];
     let value;
@@ -76,6 +86,11 @@ function parseArgs(argv) {
   }
   args.port = port;
   args.faults = parseFaults(args.faults);
+  if (args["csr-max-ms"] !== null) {
+    const ms = Number(args["csr-max-ms"]);
+    if (!Number.isInteger(ms) || ms < 1) usageError(`--csr-max-ms must be an integer >= 1, got ${args["csr-max-ms"]}`);
+    args["csr-max-ms"] = ms;
+  }
   return args;
 }
 
@@ -155,15 +170,18 @@ const NEW_MESSAGE_CHANNEL = `${KEY_PREFIX}new_message`;
 
 /** Messages in Redis, shared by every process on the same Redis. Calls return promises. */
 class RedisStore {
-  constructor(client) {
+  constructor(client, fanOutHere = false) {
     this.sync = false;
     this.client = client;
     this.sha = null;
+    /** recovery (the streams adapter): the storing process emits through the adapter itself */
+    this.fanOutHere = fanOutHere;
   }
 
   /** Load the script and fan every published message out to this process's sockets. */
   async start(subscriber, server) {
     this.sha = await this.client.sendCommand(["SCRIPT", "LOAD", APPEND_SCRIPT]);
+    if (this.fanOutHere) return;
     // one subscription, one listener: local delivery keeps Redis's (= id) order
     await subscriber.subscribe(NEW_MESSAGE_CHANNEL, (json) => {
       const message = JSON.parse(json);
@@ -183,6 +201,10 @@ class RedisStore {
     } catch (err) {
       if (!String(err.message).startsWith("NOSCRIPT")) throw err;
       id = await this.client.sendCommand(["EVAL", APPEND_SCRIPT, ...args]); // Redis lost its scripts
+    }
+    if (this.fanOutHere) {
+      // through the adapter (not io.local): only what the stream stores can be replayed
+      io.to(channelId).emit("new_message", { id, ...JSON.parse(body) });
     }
     return id;
   }
@@ -441,17 +463,18 @@ function messages(res, channelId, queryString) {
 // ---------------------------------------------------------------- main
 
 /** Connect the Redis clients, install the adapter and return the store and a closer. */
-async function useRedis(server, url) {
+async function useRedis(server, url, recovery) {
   const { createClient } = require("redis");
-  const { createAdapter } = require("@socket.io/redis-adapter");
+  // connection state recovery needs an adapter that stores packets: the Redis Streams one
+  const { createAdapter } = require(recovery ? "@socket.io/redis-streams-adapter" : "@socket.io/redis-adapter");
   const pub = createClient({ url });
   const sub = pub.duplicate();
   const data = pub.duplicate(); // storage apart from pub/sub: a backfill never waits on a publish
   const clients = [pub, sub, data];
   for (const client of clients) client.on("error", (err) => process.stderr.write(`redis: ${err.message}\n`));
   await Promise.all(clients.map((client) => client.connect()));
-  server.adapter(createAdapter(pub, sub));
-  const redisStore = new RedisStore(data);
+  server.adapter(recovery ? createAdapter(pub) : createAdapter(pub, sub));
+  const redisStore = new RedisStore(data, recovery);
   await redisStore.start(sub, server);
   const close = () => Promise.allSettled(clients.map((client) => client.quit()));
   return { store: redisStore, close };
@@ -468,13 +491,17 @@ async function main() {
     pingInterval: 25000,
     pingTimeout: 20000,
     maxHttpBufferSize: 1000000,
+    ...(args["csr-max-ms"] === null ? {} : {
+      // middlewares run on a recovered connect too: the token is checked every time
+      connectionStateRecovery: { maxDisconnectionDuration: args["csr-max-ms"], skipMiddlewares: false },
+    }),
   });
   let closeStore = async () => {};
   if (args.redis) {
     if (Object.keys(FAULT_DEFAULTS).some((name) => faults[name] !== FAULT_DEFAULTS[name])) {
       usageError("--faults is not supported with --redis");
     }
-    const redis = await useRedis(io, args.redis);
+    const redis = await useRedis(io, args.redis, args["csr-max-ms"] !== null);
     store = redis.store;
     closeStore = redis.close;
   } else {

@@ -266,11 +266,16 @@ def load_run_data(folder: str | Path) -> RunData:
     return RunData(folder, summary, interval_s, intervals)
 
 
+#: event key -> (legend, colour); server resets are also red dashed lines across every panel
+EVENT_STYLE = {"forced_drops": ("forced drops", "C3"), "reconnects": ("reconnects", "C1"),
+               "server_resets": ("server resets (red dashed)", "black")}
+
+
 def _events(run: RunData) -> dict[str, np.ndarray]:
     """Per-interval disruption counts worth marking, by label (only those that happened)."""
-    events = {"forced drops": run.counts("forced_drops"),
+    events = {"forced_drops": run.counts("forced_drops"),
               "reconnects": np.array([iv.count("reconnect") for iv in run.intervals], dtype=np.float64),
-              "server resets": run.counts("server_resets")}
+              "server_resets": run.counts("server_resets")}
     return {k: v for k, v in events.items() if v.any()}
 
 
@@ -286,7 +291,7 @@ def _mark(axes: list[plt.Axes], run: RunData, events: dict[str, np.ndarray]) -> 
     end = run.load_end()
     last = run.x()[-1] + half if run.intervals else 0.0
     drain = end is not None and end < last - 0.05
-    resets = [x for x, n in zip(run.x(), events.get("server resets", [])) if n]
+    resets = [x for x, n in zip(run.x(), events.get("server_resets", [])) if n]
     chaos = run.chaos()
     for ax in axes:
         if warmup:
@@ -301,7 +306,7 @@ def _mark(axes: list[plt.Axes], run: RunData, events: dict[str, np.ndarray]) -> 
             ax.axvline(x, color="purple", ls=":", lw=1.4)
     top = axes[0]
     for x, action in chaos:
-        top.annotate(action, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
+        top.annotate(action, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -2),
                      textcoords="offset points", va="top", fontsize="small", color="purple", rotation=90)
     # the key to the shading, in the event panel's legend
     keys: list[Any] = []
@@ -309,8 +314,6 @@ def _mark(axes: list[plt.Axes], run: RunData, events: dict[str, np.ndarray]) -> 
         keys.append(Patch(color="grey", alpha=0.25, label="warm-up (latency not kept)"))
     if storms:
         keys.append(Patch(color="C1", alpha=0.25, label=f"reconnect storm (>= {storm_at:.0f})"))
-    if resets:
-        keys.append(Line2D([], [], color="C3", ls="--", label="server reset"))
     if chaos:
         keys.append(Line2D([], [], color="purple", ls=":", label="chaos action"))
     if drain:
@@ -323,8 +326,8 @@ def _event_panel(ax: plt.Axes, run: RunData, events: dict[str, np.ndarray]) -> N
     x = run.x()
     width = run.interval_s / (len(events) + 1)
     for i, (label, n) in enumerate(events.items()):
-        ax.bar(x + (i - (len(events) - 1) / 2) * width, n, width=width, label=label,
-               color={"forced drops": "C3", "reconnects": "C1", "server resets": "black"}[label])
+        text, color = EVENT_STYLE[label]
+        ax.bar(x + (i - (len(events) - 1) / 2) * width, n, width=width, label=text, color=color)
     if not events:
         ax.text(0.5, 0.5, "no forced drops, reconnects or server resets", ha="center", va="center",
                 transform=ax.transAxes, fontsize="small", color="grey")

@@ -171,6 +171,8 @@ def test_a_real_run_intervals_add_up_to_its_totals(ref_server: Any) -> None:
     ivs = report.intervals
     assert len(ivs) >= 4
     assert all(iv.start % 0.5 == 0 for iv in ivs)
+    starts = [iv.start for iv in ivs]
+    assert starts == sorted(set(starts)) and all(iv.length > 0 for iv in ivs)
     for metric in ("ack", "fanout", "reconnect"):
         assert sum(iv.count(metric) for iv in ivs) == report.metrics.histogram(metric).total_count
     ledger = report.ledger.to_dict()

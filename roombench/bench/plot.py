@@ -204,8 +204,8 @@ OVER_TIME_METRICS = ("ack", "fanout", "backfill")
 RUN_SPECTRUM_METRICS = ("ack", "fanout", "reconnect", "backfill")
 #: an interval is shaded as a reconnect storm when at least this share of the users
 #: reconnected in it, and STORM_OVER_TYPICAL times the run's typical (median) interval
-STORM_SHARE = 0.2
-STORM_OVER_TYPICAL = 3.0
+STORM_SHARE = 0.5
+STORM_OVER_TYPICAL = 4.0
 
 
 @dataclass

@@ -30,7 +30,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from roombench.bench.report import StepResult, Sweep, load, write_report  # noqa: E402
-from roombench.exceptions import ReportError  # noqa: E402
+from roombench.exceptions import ReportError, UsageError  # noqa: E402
 from roombench.measure.intervals import Interval, load_intervals  # noqa: E402
 from roombench.measure.metrics import Metrics, _counts_view, percentiles  # noqa: E402
 from roombench.measure.summary import load_summary  # noqa: E402
@@ -466,6 +466,8 @@ def plot_all(folder: str | Path, step: int | None = None) -> list[Path]:
     folder = Path(folder)
     if (folder / "summary.json").exists() and not (folder / "run.json").exists():
         return plot_run(folder)
+    if not (folder / "run.json").exists():
+        raise UsageError(f"{folder} is neither a run's result folder (summary.json) nor a sweep's (run.json)")
     sw = load(folder)
     step = sw.default_step() if step is None else step
     files = [p for p in (plot_spectrum(sw, step, m, sw.folder) for m in SPECTRUM_METRICS) if p]

@@ -88,3 +88,10 @@ def test_a_run_without_intervals_still_plots_its_spectrum(run_folder: Path, tmp_
     folder.mkdir()
     shutil.copy(run_folder / "summary.json", folder / "summary.json")  # an older run: no interval files
     assert [p.name for p in plot_all(folder)] == ["spectrum.png"]
+
+
+def test_a_folder_that_is_neither_run_nor_sweep_is_one_clear_line(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "roombench.cli", "plot", str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "neither a run's result folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr

@@ -502,7 +502,6 @@ def plot_all(folder: str | Path, step: int | None = None) -> list[Path]:
     files += [plot_latency_vs_load(sw, sw.folder), plot_throughput(sw, sw.folder),
               plot_backfill_phases(sw, step, sw.folder)]
     files += [p for p in (plot_recovery_paths(sw, sw.folder),) if p]
-
     files += _sweep_over_time(sw, step)
     files.append(write_report(sw, [f.name for f in files], step))
     return files

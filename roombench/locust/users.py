@@ -26,20 +26,23 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
 from locust import User, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from roombench.exceptions import RoombenchError
 from roombench.generator import Generator
+from roombench.chat.ledger import LedgerCounts
+from roombench.locust import webui
 from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
 from roombench.measure.report import ProcessReport
-from roombench.measure.summary import build_summary, write_json
+from roombench.measure.summary import build_summary, saturation, write_json
 
 logger = logging.getLogger("roombench")
 
@@ -64,8 +67,28 @@ class _State:
     bridge: LocustBridge | None = None
     bridge_loop: gevent.Greenlet | None = None
     failures_logged = 0
-    #: master only: the workers' reports of the current run
-    reports: list[dict[str, Any]] = []
+    connect_failures_logged = 0
+    #: master only: the workers' final reports of the current run, by worker id
+    reports: dict[str, dict[str, Any]] = {}
+    #: master only: each worker's latest live report of this run, (time received, report)
+    live_reports: dict[str, tuple[float, dict[str, Any]]] = {}
+    #: tests started in this process (a summary file per test; the UI says which test)
+    test_no = 0
+    #: this process's ledger counts at the last Reset (subtracted from what it reports)
+    ledger_base: LedgerCounts | None = None
+    #: the scenario the current test runs (the master has no generator to ask)
+    run_scenario: dict[str, Any] = {}
+    #: what the UI shows above the numbers: refused edits, rounded user counts...
+    notices: list[str] = []
+    #: the chart over time: one point per interval
+    series: list[dict[str, Any]] = []
+    #: the last test's final summary (served after stop), and the file it went to
+    final: dict[str, Any] | None = None
+    summary_file: str = ""
+    saturation_logged = False
+    live_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
+    live_loop: gevent.Greenlet | None = None
+    env: Environment | None = None
 
 
 def current_generator(environment: Environment) -> Generator:
@@ -104,7 +127,8 @@ def _add_options(parser: Any, **_: Any) -> None:
     parser.add_argument("--server-profile", default="", include_in_web_ui=True, metavar="FILE",
                         help="profile TOML naming the server's events, fields, path, namespace, token placement "
                         "and backfill URL (a path or a shipped profile's name); empty: the contract's names")
-    parser.add_argument("--summary-out", default="", help="write roombench's summary.json here at test stop")
+    parser.add_argument("--summary-out", default="", help="write roombench's summary.json here at test stop "
+                        "(the 2nd test of one Locust process to NAME-2.json, and so on: no overwrite)")
 
 
 def _scenario_and_profile(environment: Environment) -> tuple[Scenario, Profile]:
@@ -122,24 +146,61 @@ def _start_generator(environment: Environment) -> None:
     if not environment.host:
         raise RoombenchError("no host: pass --host http://HOST:PORT (or set it in the web UI)")
     _State.gen = Generator(environment.host, scenario, profile)
-    _State.failures_logged = 0
-    _State.bridge = LocustBridge(environment, _State.gen.metrics, STAT_NAMES)
+    _State.failures_logged = _State.connect_failures_logged = 0
+    _State.ledger_base = None
+    # Only acks go into Locust's "Aggregated" row and charts: a percentile over acks,
+    # deliveries and reconnects together measures nothing.
+    _State.bridge = LocustBridge(environment, _State.gen.metrics, STAT_NAMES, in_total={"ack"})
     _State.bridge_loop = gevent.spawn(_bridge_loop, environment, _State.gen, _State.bridge)
 
 
 def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge) -> None:
+    ticks = 0
     while True:
         gevent.sleep(1.0)
         _flush_stats(environment, gen, bridge)
+        ticks += 1
+        if ticks % LIVE_EVERY == 0 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
+            # the master's live page merges these (its final summary uses the final reports)
+            environment.runner.send_message("roombench_live", _report(gen).to_json())
+
+
+#: seconds between a worker's live reports to the master (and the UI's chart points)
+LIVE_EVERY = 2
+#: error kinds that are connect failures (Locust's connect row counts them as failures)
+CONNECT_FAILURES = ("connect_failed", "join_timeout", "join_failed")
 
 
 def _flush_stats(environment: Environment, gen: Generator, bridge: LocustBridge) -> None:
     bridge.flush()
-    counts = gen.ledger.counts()
+    counts = _ledger_counts(gen)
     failed = counts.ack_timeouts + counts.ack_errors
     if failed > _State.failures_logged:
         log_failures(environment, *STAT_NAMES["ack"], failed - _State.failures_logged, "no confirmation")
         _State.failures_logged = failed
+    # e.g. a missing token: Locust's table must not say "0 failures"
+    connect_failed = sum(gen.errors.get(kind, 0) for kind in CONNECT_FAILURES)
+    if connect_failed > _State.connect_failures_logged:
+        sample = next((gen.error_samples[k] for k in CONNECT_FAILURES if k in gen.error_samples), "connect failed")
+        log_failures(environment, *STAT_NAMES["connect"], connect_failed - _State.connect_failures_logged, sample)
+        _State.connect_failures_logged = connect_failed
+
+
+def _ledger_counts(gen: Generator) -> LedgerCounts:
+    """The generator's ledger counts since the last Reset."""
+    counts = gen.ledger.counts()
+    base = _State.ledger_base
+    if base is None:
+        return counts
+    b = base.to_dict()
+    return LedgerCounts.from_dict({k: v - b[k] for k, v in counts.to_dict().items()})
+
+
+def _report(gen: Generator) -> ProcessReport:
+    """This process's report, counted from the last Reset."""
+    report = gen.report()
+    report.ledger = _ledger_counts(gen)
+    return report
 
 
 @events.init.add_listener
@@ -147,12 +208,99 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message("roombench_report", _on_worker_report)
+        runner.register_message("roombench_live", _on_worker_live)
     elif isinstance(runner, WorkerRunner):
         runner.register_message("roombench_finish", _on_finish_request, concurrent=True)
+        runner.register_message("roombench_reset", _on_reset_request)
+    if runner is not None and not isinstance(runner, WorkerRunner):
+        _round_to_whole_rooms(environment, runner)
+    webui.install(environment, lambda: live_summary(environment))
 
 
 def _on_worker_report(environment: Environment, msg: Any, **_: Any) -> None:
-    _State.reports.append(msg.data)
+    _State.reports[msg.node_id] = msg.data
+
+
+def _on_worker_live(environment: Environment, msg: Any, **_: Any) -> None:
+    if msg.node_id not in _State.reports:  # a late live report must not replace the final one
+        _State.live_reports[msg.node_id] = (time.time(), msg.data)
+
+
+def _on_reset_request(environment: Environment, msg: Any, **_: Any) -> None:
+    if _State.gen is not None:
+        _reset_measurements(_State.gen)
+
+
+@events.reset_stats.add_listener
+def _on_reset_stats(**_: Any) -> None:
+    """Locust's Reset button: roombench's histograms, ledger and errors restart with its rows."""
+    env = _State.env
+    if env is None:
+        return
+    _State.series = []
+    _State.live_cache = (0.0, None)
+    if isinstance(env.runner, MasterRunner):
+        _State.live_reports = {}
+        env.runner.send_message("roombench_reset", None)
+    elif _State.gen is not None:
+        _reset_measurements(_State.gen)
+    logger.info("roombench: measurements reset (histograms, ledger counts, errors)")
+
+
+def _reset_measurements(gen: Generator) -> None:
+    # what Generator._end_warmup does, plus the counts; messages in flight stay in the ledger
+    gen.metrics.reset()
+    gen._lag.clear()
+    gen._t0, gen._cpu0 = time.perf_counter(), time.process_time()
+    gen.started = time.time()
+    gen.errors.clear()
+    gen.counters.clear()
+    _State.ledger_base = gen.ledger.counts()
+    _State.failures_logged = _State.connect_failures_logged = 0
+
+
+def _round_to_whole_rooms(environment: Environment, runner: Any) -> None:
+    """Every process keeps its rooms whole (fan-out on one clock), so each worker must get
+    whole rooms: the asked user count is rounded to rooms x workers. Also: custom
+    parameters edited mid-run are refused, visibly (the generator's scenario is fixed)."""
+    start = runner.start
+
+    def rounded_start(user_count: int, spawn_rate: float, *args: Any, **kwargs: Any) -> Any:
+        _refuse_mid_run_edits(environment, runner)
+        workers = runner.worker_count if isinstance(runner, MasterRunner) else 0
+        if workers and user_count > 0:
+            try:
+                room = _scenario_and_profile(environment)[0].room_size
+            except RoombenchError:
+                room = 0
+            if room > 1:
+                block = room * workers
+                n = max(1, round(user_count / block)) * block
+                if n != user_count:
+                    note = (f"users rounded from {user_count} to {n}: rooms of {room} stay whole on each of "
+                            f"{workers} workers ({n // workers} users per worker)")
+                    logger.warning("roombench: %s", note)
+                    _State.notices = [t for t in _State.notices if not t.startswith("users rounded")] + [note]
+                    user_count = n
+        return start(user_count, spawn_rate, *args, **kwargs)
+
+    runner.start = rounded_start
+
+
+def _refuse_mid_run_edits(environment: Environment, runner: Any) -> None:
+    if runner.state not in ("running", "spawning") or not _State.run_scenario:
+        return
+    try:
+        now = _scenario_and_profile(environment)[0].to_dict()
+    except RoombenchError:
+        return
+    changed = [f"{k} {_State.run_scenario.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k != "token" and _State.run_scenario.get(k) != v]
+    if changed:
+        note = ("custom parameters changed during the run are NOT applied to it (a run's scenario is fixed); "
+                "they apply when the next test starts: " + ", ".join(changed))
+        logger.warning("roombench: %s", note)
+        _State.notices = [t for t in _State.notices if not t.startswith("custom parameters")] + [note]
 
 
 def _on_finish_request(environment: Environment, msg: Any, **_: Any) -> None:
@@ -165,20 +313,38 @@ def _on_finish_request(environment: Environment, msg: Any, **_: Any) -> None:
 
 
 def _collect_reports(runner: MasterRunner, timeout: float) -> None:
-    """Master: ask every worker for its report and wait until all are in."""
-    expected = runner.worker_count
+    """Master: ask every worker for its report and wait until every live one is in."""
     runner.send_message("roombench_finish", None)
     deadline = time.monotonic() + timeout
-    while len(_State.reports) < expected and time.monotonic() < deadline:
+
+    def waiting() -> set[str]:  # a worker that went missing is not waited for
+        return {w.id for w in runner.clients.values() if w.state != STATE_MISSING} - set(_State.reports)
+
+    while waiting() and time.monotonic() < deadline:
         gevent.sleep(0.1)
-    if len(_State.reports) < expected:
-        logger.error("roombench: only %d of %d workers reported; the summary covers those", len(_State.reports), expected)
+    if waiting():
+        logger.error("roombench: workers %s did not report within %.0f s; the summary covers the others",
+                     ", ".join(sorted(waiting())), timeout)
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
+    _State.env = environment
+    _State.test_no += 1
+    _State.final, _State.summary_file = None, ""
+    _State.series, _State.saturation_logged = [], False
+    _State.notices = [t for t in _State.notices if t.startswith("users rounded")]
+    _State.live_cache = (0.0, None)
+    try:
+        _State.run_scenario = _scenario_and_profile(environment)[0].to_dict()
+    except RoombenchError:
+        _State.run_scenario = {}
+    if not isinstance(environment.runner, WorkerRunner):
+        if _State.live_loop is not None:
+            _State.live_loop.kill(block=False)
+        _State.live_loop = gevent.spawn(_live_loop, environment)
     if isinstance(environment.runner, MasterRunner):
-        _State.reports = []
+        _State.reports, _State.live_reports = {}, {}
         return
     try:
         _start_generator(environment)
@@ -200,6 +366,9 @@ def _on_test_stopping(environment: Environment, **_: Any) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if _State.live_loop is not None:
+        _State.live_loop.kill(block=False)
+        _State.live_loop = None
     if isinstance(environment.runner, MasterRunner):
         # Workers send their report before they report "stopped", so all are here.
         _write_summary(environment, _State.reports)
@@ -211,7 +380,7 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.send_message("roombench_report", report)
     else:
-        _write_summary(environment, [report])
+        _write_summary(environment, {"local": report})
 
 
 def _finish(environment: Environment, gen: Generator) -> dict[str, Any]:
@@ -219,19 +388,148 @@ def _finish(environment: Environment, gen: Generator) -> dict[str, Any]:
     if _State.bridge_loop is not None and _State.bridge is not None:
         _State.bridge_loop.kill()
         _flush_stats(environment, gen, _State.bridge)
-    return gen.report().to_json()
+    return _report(gen).to_json()
 
 
-def _write_summary(environment: Environment, reports: list[dict[str, Any]]) -> None:
-    out = getattr(environment.parsed_options, "summary_out", "")
-    if not out or not reports:
+def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]]) -> None:
+    """The test's final summary: kept for the UI, written to its own file, lost messages
+    counted as failures in Locust's table, saturation warned about."""
+    if not reports:
+        if _State.live_reports:
+            logger.error("roombench: no worker sent a final report; no summary")
         return
-    scenario, profile = _scenario_and_profile(environment)
     try:
-        merged = ProcessReport.merge([ProcessReport.from_json(r) for r in reports])
+        summary = _summary(environment, reports, final=True)
     except RoombenchError as exc:  # e.g. a worker of another version or run: one line, no summary
         logger.error("roombench: %s", exc)
         return
-    summary = build_summary(merged, target=environment.host or "", scenario=scenario.to_dict(),
+    lost = summary["delivery"]["lost"]
+    if lost:  # Locust's fail ratio and --exit-code-on-error must see them
+        log_failures(environment, *STAT_NAMES["fanout"], lost, "lost: not delivered live, nor over REST")
+    _warn_saturation(summary["metadata"]["generator"])
+    out = getattr(environment.parsed_options, "summary_out", "")
+    if out:
+        path = Path(out)
+        if _State.test_no > 1:  # a second test from the UI must not overwrite the first one's file
+            path = path.with_name(f"{path.stem}-{_State.test_no}{path.suffix}")
+        summary["metadata"]["locust"]["summary_file"] = _State.summary_file = str(path)
+        write_json(path, summary)
+        logger.info("roombench: summary of test %d written to %s", _State.test_no, path)
+    csv_prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if csv_prefix:
+        _write_text(f"{csv_prefix}_roombench.csv", webui.csv_text(summary))
+    _State.final = summary
+
+
+def _write_text(path: str, text: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
+def _warn_saturation(gen_meta: dict[str, Any]) -> None:
+    if gen_meta["saturated"] and not _State.saturation_logged:
+        _State.saturation_logged = True
+        logger.warning("roombench: generator SATURATED, latencies are inflated: %s", "; ".join(gen_meta["saturation"]))
+
+
+def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final: bool) -> dict[str, Any]:
+    """summary.json's dict from per-process reports, with what the UI needs under
+    ``metadata.locust`` (test number, state, notices, per-worker generator, series)."""
+    scenario, profile = _scenario_and_profile(environment)
+    parsed = {wid: ProcessReport.from_json(r) for wid, r in reports.items()}
+    merged = ProcessReport.merge(list(parsed.values()))
+    summary = build_summary(merged, target=environment.host or "", scenario=_State.run_scenario or scenario.to_dict(),
                             extra={"profile": profile.to_dict()})
-    write_json(out, summary)
+    now = time.time()
+    dead = []
+    if final:
+        for wid, (t, r) in sorted(_State.live_reports.items()):
+            if wid not in reports:
+                c = r.get("ledger", {})
+                dead.append({"id": wid, "age_s": round(now - t, 1), "users": r.get("users", 0),
+                             "sent": c.get("sent", 0), "acked": c.get("acked", 0), "lost": c.get("lost", 0)})
+        for w in dead:
+            logger.error("roombench: worker %s stopped reporting %.1f s before the end (its last report: %d users, "
+                         "%d sent, %d acked); the summary covers the other workers", w["id"], w["age_s"], w["users"],
+                         w["sent"], w["acked"])
+    summary["metadata"]["locust"] = {
+        "test": _State.test_no, "state": "final" if final else "running", "notices": list(_State.notices),
+        "dead_workers": dead, "summary_file": _State.summary_file, "series": list(_State.series),
+        "workers": [{"id": wid, "users": r.users, "cpu_pct": round(100.0 * r.cpu_s / max(r.wall_s, 1e-9), 1),
+                     "loop_lag_p99_ms": round(r.loop_lag_p99_ms, 3), "saturated": bool(saturation(r))}
+                    for wid, r in sorted(parsed.items())] if len(parsed) > 1 or "local" not in parsed else [],
+    }
+    return summary
+
+
+def _live_reports() -> dict[str, dict[str, Any]]:
+    """The current test's per-process reports as they stand (master: the workers' latest)."""
+    if _State.gen is not None:
+        return {"local": _report(_State.gen).to_json()}
+    return {**{wid: r for wid, (_t, r) in _State.live_reports.items()}, **_State.reports}
+
+
+def live_summary(environment: Environment) -> dict[str, Any] | None:
+    """What /roombench/summary serves: the final summary after stop, else the live one
+    (rebuilt at most once a second: the UI polls every 2 s, maybe from several tabs)."""
+    if _State.final is not None:
+        return _State.final
+    t, cached = _State.live_cache
+    if cached is not None and time.monotonic() - t < 1.0:
+        return cached
+    reports = _live_reports()
+    if not reports:
+        return None
+    try:
+        summary = _summary(environment, reports, final=False)
+    except RoombenchError as exc:
+        logger.error("roombench: %s", exc)
+        return None
+    _State.live_cache = (time.monotonic(), summary)
+    return summary
+
+
+def _live_loop(environment: Environment) -> None:
+    """Master / local process: the chart's points and the live saturation warning."""
+    prev: tuple[float, LedgerCounts] | None = None
+    while True:
+        gevent.sleep(LIVE_EVERY)
+        reports = _live_reports()
+        if not reports:
+            continue
+        try:
+            merged = ProcessReport.merge([ProcessReport.from_json(r) for r in reports.values()])
+        except RoombenchError:
+            continue
+        now = time.time()
+        point = _series_point(merged, now, prev)
+        prev = (now, merged.ledger)
+        if point is not None:
+            _State.series = (_State.series + [point])[-600:]
+        reasons = saturation(merged)
+        if reasons and merged.wall_s > 2 * LIVE_EVERY:
+            _warn_saturation({"saturated": True, "saturation": reasons})
+
+
+def _series_point(merged: ProcessReport, now: float, prev: tuple[float, LedgerCounts] | None) -> dict[str, Any] | None:
+    if prev is None:
+        return None
+    t0, before = prev
+    dt = max(now - t0, 1e-9)
+    lat = merged.metrics.summary()
+    return {"start": t0, "length": round(dt, 3),
+            "acks_per_s": round((merged.ledger.acked - before.acked) / dt, 1),
+            "deliveries_per_s": round((merged.ledger.delivered_live - before.delivered_live) / dt, 1),
+            "ack_p99_ms": lat["ack"]["p99"], "fanout_p99_ms": lat["fanout"]["p99"]}
+
+
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    """Locust has written its --html report by now: add roombench's section to it."""
+    env = _State.env
+    path = getattr(env.parsed_options, "html_file", None) if env is not None else None
+    if path and _State.final is not None and Path(path).is_file():
+        webui.add_to_html_file(path, _State.final)

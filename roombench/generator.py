@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -21,6 +22,7 @@ import numpy as np
 
 from roombench.exceptions import BackfillError
 from roombench.chat.ledger import Ledger
+from roombench.measure.intervals import Interval, IntervalLog, slot
 from roombench.measure.metrics import Metrics, add_values, new_histogram, to_micros
 from roombench.measure.report import ProcessReport
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
@@ -77,6 +79,7 @@ class Generator:
 
         self._lag: list[float] = []
         gevent.spawn(self._probe_lag)
+        self._init_intervals()
         if scenario.warmup > 0:
             gevent.spawn_later(scenario.warmup, self._end_warmup)
 
@@ -90,10 +93,54 @@ class Generator:
             if not self.stopping:  # Locust's own stop (inspect.stack(), ~50 ms) is not ours
                 lag.append(clock() - t - LAG_INTERVAL_S)
 
+    # -- intervals (measure.intervals): per tick, never per sample ---------------------
+
+    def _init_intervals(self) -> None:
+        self.intervals = IntervalLog(self.scenario.interval, started=self.started)
+        #: called with each closed interval (live progress); from the ticker greenlet
+        self.on_interval: list[Callable[[Interval], None]] = []
+        self._clock_offset = time.time() - time.perf_counter()  # perf_counter (intended times) -> unix
+        self._lag_ticked = 0
+        self._intervals_closed = False
+        gevent.spawn(self._tick_intervals)
+
+    def _tick_intervals(self) -> None:
+        iv = self.intervals.interval_s
+        while not self._intervals_closed:
+            boundary = slot(time.time(), iv) + iv
+            gevent.sleep(max(0.0, boundary - time.time()))
+            if self._intervals_closed:
+                return
+            closed = self.tick_interval(boundary)
+            for fn in self.on_interval:
+                try:
+                    fn(closed)
+                except Exception as exc:  # live output must never stop the measurement
+                    self.error("interval_callback_error", f"{type(exc).__name__}: {exc}")
+
+    def tick_interval(self, now: float) -> Interval:
+        """Close the interval ending at ``now`` (unix s); see IntervalLog.tick."""
+        lag = new_histogram()
+        add_values(lag, to_micros(np.array(self._lag[self._lag_ticked:], dtype=np.float64)))
+        self._lag_ticked = len(self._lag)
+        counts = {**self.ledger.counts().to_dict(), **self.counters}
+        return self.intervals.tick(now, self.metrics, counts, {"loop_lag": lag})
+
+    def _close_intervals(self) -> None:
+        """Final tick (after the reconcile), then each lost pair to its send's interval."""
+        if self._intervals_closed:
+            return
+        self._intervals_closed = True
+        self.tick_interval(time.time())
+        off = self._clock_offset
+        self.intervals.assign_lost((t + off, n) for t, n in self.ledger.pending_by_time())
+
     def _end_warmup(self) -> None:
         if not self.finished:
             self.metrics.reset()
             self._lag.clear()
+            self._lag_ticked = 0
+            self.intervals.drop_histograms()
             self._t0, self._cpu0 = time.perf_counter(), time.process_time()
 
     def rooms_for(self, user_no: int) -> list[str]:
@@ -171,6 +218,8 @@ class Generator:
 
     def report(self) -> ProcessReport:
         """This process's result (workers ship its ``to_json()``; see ProcessReport.merge)."""
+        if self.finished:
+            self._close_intervals()
         t1 = self._t1 if self._t1 is not None else time.perf_counter()
         cpu1 = self._cpu1 if self._cpu1 is not None else time.process_time()
         lag = new_histogram()
@@ -181,7 +230,15 @@ class Generator:
             target=self.host, scenario=self.scenario.to_dict(), profile=self.profile.to_dict(), metrics=metrics,
             loop_lag=lag, ledger=self.ledger.counts(), errors=Counter(self.errors),
             error_samples=dict(self.error_samples), counters=Counter(self.counters), users=len(self.sessions),
-            started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0)
+            started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0,
+            interval_s=self.intervals.interval_s, intervals=[_copy(iv) for iv in self.intervals.intervals])
+
+
+def _copy(iv: Interval) -> Interval:
+    """An interval the report owns (the log's last one may still grow)."""
+    out = Interval(iv.start, 0.0)
+    out.add(iv)
+    return out
 
 
 def run_report(gen: Generator, users: int, duration: float, spawn_rate: float = 100.0) -> ProcessReport:

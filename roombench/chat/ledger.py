@@ -303,6 +303,11 @@ class Ledger:
             out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
         )
 
+    def pending_by_time(self) -> list[tuple[float, int]]:
+        """(intended send time, receivers still pending) of every in-flight message with
+        some: after the final reconcile these pairs are the run's ``lost``."""
+        return [(rec[_T], len(rec[_PENDING])) for rec in self._records.values() if rec[_PENDING]]
+
     def in_flight(self) -> int:
         """Records not yet retired (for memory checks and debugging)."""
         return len(self._records)

@@ -35,6 +35,7 @@ class Scenario:
     reconnect_delay_max: float = 30.0
     drain: float = 10.0  # max seconds to wait for in-flight messages at the end
     warmup: float = 0.0  # seconds at the start whose latency samples are discarded
+    interval: float = 1.0  # seconds per interval histogram (measure.intervals)
 
     def validate(self) -> Scenario:
         """Raise UsageError naming the first bad option."""
@@ -58,6 +59,7 @@ class Scenario:
             (self.reconnect_delay_max <= week, f"--reconnect-delay-max must be <= {week:.0f} seconds"),
             (0 <= self.drain <= week, f"--drain must be between 0 and {week:.0f} seconds"),
             (0 <= self.warmup <= week, f"--warmup must be between 0 and {week:.0f} seconds"),
+            (0.1 <= self.interval <= 3600, "--interval must be between 0.1 and 3600 seconds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,6 +99,7 @@ OPTION_HELP: dict[str, str] = {
     "reconnect_delay_max": "longest reconnect delay in seconds",
     "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
     "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
+    "interval": "seconds per interval of the over-time histograms (<metric>.hlog, intervals.json, live.json)",
 }
 _SECONDS = {"drop_every", "ack_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
 OPTION_HELP |= {  # every time option is bounded; say so where users look

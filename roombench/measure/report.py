@@ -1,7 +1,9 @@
 """One generator process's result of a run, typed, shipped as versioned JSON, mergeable.
 
 Schema history (``schema`` key of :meth:`ProcessReport.to_json`):
-  roombench.report/1 — first version.
+  roombench.report/1 — first version; ``interval_s`` and ``intervals`` (per-interval
+  histograms and count deltas, :mod:`roombench.measure.intervals`) added later, optional
+  when reading (an older worker's report has none).
 
 Workers ship ``to_json()`` to the master; the master reads them back with ``from_json``
 and merges them with :meth:`ProcessReport.merge`, which, as pyperf does before merging
@@ -18,6 +20,7 @@ from hdrh.histogram import HdrHistogram
 
 from roombench.chat.ledger import LedgerCounts
 from roombench.exceptions import ReportError, ReportMismatch
+from roombench.measure.intervals import Interval, merge_intervals
 from roombench.measure.metrics import Metrics, add_histogram, new_histogram, percentiles
 
 SCHEMA = "roombench.report/1"
@@ -49,6 +52,9 @@ class ProcessReport:
     cpu_s: float = 0.0
     processes: int = 1
     cpu_max_fraction: float | None = None  # None: this process's cpu_s / wall_s
+    interval_s: float = 1.0
+    #: per-interval histograms and count deltas (starts aligned: processes' intervals line up)
+    intervals: list[Interval] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.cpu_max_fraction is None:
@@ -82,6 +88,8 @@ class ProcessReport:
             "cpu_s": self.cpu_s,
             "processes": self.processes,
             "cpu_max_fraction": self.cpu_max_fraction,
+            "interval_s": self.interval_s,
+            "intervals": [iv.to_json() for iv in self.intervals],
         }
 
     @classmethod
@@ -98,7 +106,9 @@ class ProcessReport:
                 ledger=LedgerCounts.from_dict(data["ledger"]), errors=Counter(data["errors"]),
                 error_samples=dict(data["error_samples"]), counters=Counter(data["counters"]),
                 users=data["users"], started=data["started"], wall_s=data["wall_s"], cpu_s=data["cpu_s"],
-                processes=data["processes"], cpu_max_fraction=data["cpu_max_fraction"])
+                processes=data["processes"], cpu_max_fraction=data["cpu_max_fraction"],
+                interval_s=float(data.get("interval_s", 1.0)),
+                intervals=[Interval.from_json(d) for d in data.get("intervals", [])])
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"broken {schema} process report: {type(exc).__name__}: {exc}") from None
 
@@ -131,7 +141,8 @@ class ProcessReport:
             counters=counters, users=sum(r.users for r in reports), started=min(r.started for r in reports),
             wall_s=max(r.wall_s for r in reports), cpu_s=sum(r.cpu_s for r in reports),
             processes=sum(r.processes for r in reports),
-            cpu_max_fraction=max(r.cpu_max_fraction or 0.0 for r in reports))
+            cpu_max_fraction=max(r.cpu_max_fraction or 0.0 for r in reports),
+            interval_s=first.interval_s, intervals=merge_intervals(r.intervals for r in reports))
 
 
 def _decoded(blob: str) -> HdrHistogram:
@@ -154,3 +165,6 @@ def _check_same_run(a: ProcessReport, b: ProcessReport) -> None:
     if pa != pb:
         raise ReportMismatch(f"cannot merge process reports of different runs: profile {a.profile.get('name')!r} "
                              f"vs {b.profile.get('name')!r} (their names or settings differ)")
+    if a.interval_s != b.interval_s:
+        raise ReportMismatch(f"cannot merge process reports with different intervals: {a.interval_s:g} s vs "
+                             f"{b.interval_s:g} s")

@@ -1,0 +1,311 @@
+"""Interval histograms: what each metric measured in each interval (1 s by default) of a run.
+
+A generator process keeps one :class:`IntervalLog`. Once per interval (a greenlet, not the
+record path) :meth:`IntervalLog.tick` subtracts the previous snapshot of every metric's HDR
+counts array from the current one, which gives exactly the samples recorded in that
+interval, and the deltas of the ledger counts and the generator's counters. Interval starts
+are multiples of ``interval_s`` in unix time, so the intervals of several worker processes
+line up and :func:`merge_intervals` adds them exactly (same start: histograms and counts
+summed).
+
+Files (beside summary.json):
+
+``<metric>.hlog``
+    HdrHistogram interval log (the standard text format: ``#[StartTime: ...]``,
+    ``#[BaseTime: ...]``, a legend, then ``start,length,max,base64`` lines with times
+    relative to BaseTime); values in µs, the max column in ms. Readable by
+    ``hdrh.log.HistogramLogReader`` and HdrHistogram's Java tools.
+``intervals.json``
+    ``{"schema": "roombench.intervals/1", "interval_s", "intervals": [{"start", "length",
+    "counts"}]}``.
+
+Per-interval ``lost`` is not a delta: a pair in flight looks missing until it arrives, so
+the running ``lost`` only means "not yet". After the run's reconcile,
+:meth:`IntervalLog.assign_lost` puts each pair that stayed missing in the interval of its
+message's intended send time; the per-interval ``lost`` then sums to the run's ``lost``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader, HistogramLogWriter
+
+from roombench.exceptions import ReportError
+from roombench.measure.metrics import METRICS, Metrics, _counts_view, add_histogram, new_histogram
+
+SCHEMA = "roombench.intervals/1"
+INTERVALS_FILE = "intervals.json"
+HLOG_SUFFIX = ".hlog"
+#: the hlog max column is the interval's max divided by this (µs -> ms)
+MAX_VALUE_UNIT_RATIO = 1000.0
+
+__all__ = ["Interval", "IntervalLog", "load_intervals", "merge_intervals", "read_hlog", "write_files"]
+
+
+@dataclass
+class Interval:
+    """One interval: ``start`` is a multiple of the interval length (unix s); ``length`` is
+    the seconds of it that were measured (less for a run's first and last)."""
+
+    start: float
+    length: float
+    histograms: dict[str, HdrHistogram] = field(default_factory=dict)  # only non-empty metrics
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Interval) -> None:
+        """Fold another process's interval with the same start into this one."""
+        self.length = max(self.length, other.length)
+        for name, h in other.histograms.items():
+            add_histogram(self.histograms.setdefault(name, new_histogram()), h)
+        for k, v in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+    def count(self, metric: str) -> int:
+        """Samples of ``metric`` in this interval."""
+        h = self.histograms.get(metric)
+        return h.total_count if h is not None else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "length": self.length, "counts": dict(self.counts),
+                "histograms": {n: _as_str(h.encode()) for n, h in self.histograms.items() if h.total_count}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Interval:
+        hists: dict[str, HdrHistogram] = {}
+        for name, blob in d.get("histograms", {}).items():
+            h = hists[name] = new_histogram()
+            add_histogram(h, HdrHistogram.decode(blob))
+        return cls(start=float(d["start"]), length=float(d["length"]), histograms=hists,
+                   counts={k: int(v) for k, v in d.get("counts", {}).items()})
+
+
+def slot(t: float, interval_s: float) -> float:
+    """The start of the interval ``t`` falls in (a multiple of ``interval_s``)."""
+    # the small epsilon keeps a tick exactly on a boundary (after float rounding) in the next slot
+    return math.floor(t / interval_s + 1e-9) * interval_s
+
+
+class IntervalLog:
+    """Per-interval histograms and count deltas of one process (see the module docstring)."""
+
+    def __init__(self, interval_s: float = 1.0, started: float | None = None) -> None:
+        if not interval_s > 0:
+            raise ValueError("interval_s must be > 0")
+        self.interval_s = interval_s
+        self.intervals: list[Interval] = []
+        self._last: float | None = started  # end of the last tick (unix s)
+        self._first: float | None = started  # when measuring began
+        # per metric: the histogram object and its counts when last ticked (a reset replaces the object)
+        self._prev: dict[str, tuple[HdrHistogram, np.ndarray | None, int]] = {}
+        self._prev_counts: dict[str, int] = {}
+
+    def tick(self, now: float, metrics: Metrics, counts: dict[str, int],
+             extra: dict[str, HdrHistogram] | None = None) -> Interval:
+        """Close the interval ending at ``now`` (unix s): the samples recorded and the count
+        deltas since the last tick. A tick inside the slot of the last interval (e.g. the
+        final one at the end of the run) adds to that interval. ``extra``: histograms of
+        this interval only that are not metrics (the generator's ``loop_lag``)."""
+        begin = self._last if self._last is not None else now
+        start = slot(begin, self.interval_s)
+        hists: dict[str, HdrHistogram] = {}
+        metrics.flush()
+        for name in METRICS:
+            h = metrics.histogram(name)
+            prev = self._prev.get(name)
+            if prev is not None and prev[0] is h and prev[2] == h.total_count:
+                continue  # nothing new
+            cur = _counts_view(h)
+            if prev is not None and prev[0] is h and prev[1] is not None:
+                delta = cur - prev[1]
+                n = h.total_count - prev[2]
+            else:
+                delta, n = cur.copy(), h.total_count
+            self._prev[name] = (h, cur.copy(), h.total_count)
+            if n:
+                hists[name] = _from_counts(delta, n)
+        for name, h in (extra or {}).items():
+            if h.total_count:
+                hists[name] = h
+        deltas = {k: v - self._prev_counts.get(k, 0) for k, v in counts.items()}
+        self._prev_counts = dict(counts)
+        self._last = now
+        if self._first is None:
+            self._first = begin
+        length = now - max(start, self._first)
+        last = self.intervals[-1] if self.intervals else None
+        if last is not None and last.start == start:
+            last.add(Interval(start, length, hists, deltas))
+            return last
+        iv = Interval(start, length, hists, deltas)
+        self.intervals.append(iv)
+        return iv
+
+    def drop_histograms(self) -> None:
+        """End of a warm-up: the metrics forgot their samples, so do the intervals so far
+        (their counts stay: the ledger does not forget)."""
+        for iv in self.intervals:
+            iv.histograms = {}
+
+    def assign_lost(self, lost_at: Iterable[tuple[float, int]]) -> None:
+        """Replace every interval's ``lost`` by the pairs that stayed missing, by their
+        message's intended send time (unix s; see the module docstring). A time before the
+        first interval counts in the first, after the last in the last."""
+        if not self.intervals:
+            return
+        starts = np.array([iv.start for iv in self.intervals])
+        lost = np.zeros(len(starts), dtype=np.int64)
+        for t, n in lost_at:
+            i = int(np.searchsorted(starts, t, side="right")) - 1
+            lost[max(i, 0)] += n
+        for iv, n in zip(self.intervals, lost.tolist()):
+            iv.counts["lost"] = n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"interval_s": self.interval_s, "intervals": [iv.to_json() for iv in self.intervals]}
+
+
+def _from_counts(counts: np.ndarray, total: int) -> HdrHistogram:
+    """A histogram holding exactly these bucket counts (min/max at their buckets' edges)."""
+    h = new_histogram()
+    _counts_view(h)[:] = counts
+    nz = np.flatnonzero(counts)
+    h.total_count = total
+    h.min_value = h.get_lowest_equivalent_value(h.get_value_from_index(int(nz[0])))
+    h.max_value = h.get_highest_equivalent_value(h.get_value_from_index(int(nz[-1])))
+    return h
+
+
+def _as_str(blob: bytes | str) -> str:
+    return blob.decode("ascii") if isinstance(blob, bytes) else blob
+
+
+def merge_intervals(logs: Iterable[Iterable[Interval]]) -> list[Interval]:
+    """Several processes' intervals as one list: those with the same start added, sorted."""
+    by_start: dict[float, Interval] = {}
+    for log in logs:
+        for iv in log:
+            mine = by_start.get(iv.start)
+            if mine is None:
+                mine = by_start[iv.start] = Interval(iv.start, 0.0)
+            mine.add(iv)
+    return [by_start[s] for s in sorted(by_start)]
+
+
+def intervals_from_json(data: Any) -> tuple[float, list[Interval]]:
+    """Inverse of :meth:`IntervalLog.to_json`: (interval_s, intervals)."""
+    return float(data["interval_s"]), [Interval.from_json(d) for d in data["intervals"]]
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def hlog_text(metric: str, intervals: list[Interval]) -> str:
+    """The HdrHistogram interval log of one metric (every interval, empty ones too, so a
+    reader sees the whole time axis)."""
+    import io
+    from datetime import datetime, timezone
+
+    buf = io.StringIO()
+    writer = HistogramLogWriter(buf)
+    base = intervals[0].start if intervals else 0.0
+    writer.output_log_format_version()
+    writer.output_comment(f"[roombench metric {metric}: values in microseconds, Interval_Max in milliseconds]")
+    # hdrh's own output_start_time is broken (it passes ms to fromtimestamp): written here
+    iso = datetime.fromtimestamp(base, timezone.utc).isoformat(" ")
+    buf.write(f"#[StartTime: {base:.3f} (seconds since epoch), {iso}]\n")
+    buf.write(f"#[BaseTime: {base:.3f} (seconds since epoch)]\n")
+    writer.base_time = base * 1000.0
+    writer.output_legend()
+    for iv in intervals:
+        h = iv.histograms.get(metric) or new_histogram()
+        h.set_start_time_stamp(iv.start * 1000.0)
+        h.set_end_time_stamp((iv.start + iv.length) * 1000.0)
+        # explicit relative times; 0 would make hdrh fall back to the histogram's stamps (same values)
+        writer.output_interval_histogram(h, iv.start - base, iv.start + iv.length - base, MAX_VALUE_UNIT_RATIO)
+    return buf.getvalue()
+
+
+def write_files(folder: str | Path, interval_s: float, intervals: list[Interval],
+                metrics: Iterable[str] = METRICS) -> list[Path]:
+    """``<metric>.hlog`` for every metric with samples, and intervals.json; atomically."""
+    from roombench.measure.summary import write_json  # summary imports report, which imports us
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric in metrics:
+        if any(iv.count(metric) for iv in intervals):
+            path = folder / f"{metric}{HLOG_SUFFIX}"
+            _write_atomic(path, hlog_text(metric, intervals))
+            written.append(path)
+    path = folder / INTERVALS_FILE
+    write_json(path, {"schema": SCHEMA, "interval_s": interval_s,
+                      "intervals": [{"start": iv.start, "length": iv.length, "counts": iv.counts} for iv in intervals]})
+    written.append(path)
+    return written
+
+
+def read_hlog(path: str | Path) -> list[tuple[float, HdrHistogram]]:
+    """Every interval of an hlog file as (absolute start, unix s; histogram in µs)."""
+    reader = HistogramLogReader(str(path), new_histogram())
+    out: list[tuple[float, HdrHistogram]] = []
+    try:
+        while (h := reader.get_next_interval_histogram()) is not None:
+            mine = new_histogram()
+            add_histogram(mine, h)
+            out.append((h.get_start_time_stamp() / 1000.0, mine))
+    finally:
+        reader.close()
+    return out
+
+
+def load_intervals(folder: str | Path) -> tuple[float, list[Interval]]:
+    """A result folder's intervals: (interval_s, intervals with counts from intervals.json and
+    histograms from the .hlog files). ReportError (one line) when there is no readable
+    intervals.json."""
+    from roombench.measure.summary import read_json
+
+    folder = Path(folder)
+    path = folder / INTERVALS_FILE
+    if not path.exists():
+        raise ReportError(f"{path}: no interval log (a run by an older roombench?)")
+    try:
+        data = read_json(path)
+    except Exception as exc:  # read_json raises UsageError with a one-line message
+        raise ReportError(str(exc)) from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ReportError(f"{path}: not a {SCHEMA} file")
+    try:
+        interval_s = float(data["interval_s"])
+        intervals = [Interval(float(d["start"]), float(d["length"]), {}, {k: int(v) for k, v in d["counts"].items()})
+                     for d in data["intervals"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path}: broken {SCHEMA} file: {type(exc).__name__}: {exc}") from None
+    by_start = {round(iv.start, 3): iv for iv in intervals}
+    for hlog in sorted(folder.glob(f"*{HLOG_SUFFIX}")):
+        metric = hlog.name[: -len(HLOG_SUFFIX)]
+        for start, h in read_hlog(hlog):
+            iv = by_start.get(round(start, 3))
+            if iv is not None and h.total_count:
+                iv.histograms[metric] = h
+    return interval_s, intervals

@@ -41,6 +41,7 @@ from roombench.locust import webui
 from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
+from roombench.measure.metrics import percentiles
 from roombench.measure.report import ProcessReport
 from roombench.measure.summary import build_summary, saturation, write_json
 
@@ -80,8 +81,8 @@ class _State:
     run_scenario: dict[str, Any] = {}
     #: what the UI shows above the numbers: refused edits, rounded user counts...
     notices: list[str] = []
-    #: the chart over time: one point per interval
-    series: list[dict[str, Any]] = []
+    #: unix time of the last Reset (the chart starts there)
+    reset_at = 0.0
     #: the last test's final summary (served after stop), and the file it went to
     final: dict[str, Any] | None = None
     summary_file: str = ""
@@ -162,7 +163,9 @@ def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge)
         ticks += 1
         if ticks % LIVE_EVERY == 0 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
             # the master's live page merges these (its final summary uses the final reports)
-            environment.runner.send_message("roombench_live", _report(gen).to_json())
+            live = _report(gen).to_json()
+            live["intervals"] = live["intervals"][-LIVE_INTERVALS:]
+            environment.runner.send_message("roombench_live", live)
 
 
 #: seconds between a worker's live reports to the master (and the UI's chart points)
@@ -237,7 +240,7 @@ def _on_reset_stats(**_: Any) -> None:
     env = _State.env
     if env is None:
         return
-    _State.series = []
+    _State.reset_at = time.time()
     _State.live_cache = (0.0, None)
     if isinstance(env.runner, MasterRunner):
         _State.live_reports = {}
@@ -251,6 +254,8 @@ def _reset_measurements(gen: Generator) -> None:
     # what Generator._end_warmup does, plus the counts; messages in flight stay in the ledger
     gen.metrics.reset()
     gen._lag.clear()
+    gen._lag_ticked = 0
+    gen.intervals.drop_histograms()
     gen._t0, gen._cpu0 = time.perf_counter(), time.process_time()
     gen.started = time.time()
     gen.errors.clear()
@@ -332,7 +337,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     _State.env = environment
     _State.test_no += 1
     _State.final, _State.summary_file = None, ""
-    _State.series, _State.saturation_logged = [], False
+    _State.reset_at, _State.saturation_logged = 0.0, False
     _State.notices = [t for t in _State.notices if t.startswith("users rounded")]
     _State.live_cache = (0.0, None)
     try:
@@ -457,7 +462,7 @@ def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final
                          w["sent"], w["acked"])
     summary["metadata"]["locust"] = {
         "test": _State.test_no, "state": "final" if final else "running", "notices": list(_State.notices),
-        "dead_workers": dead, "summary_file": _State.summary_file, "series": list(_State.series),
+        "dead_workers": dead, "summary_file": _State.summary_file, "series": _series(merged)[-3600:],
         "workers": [{"id": wid, "users": r.users, "cpu_pct": round(100.0 * r.cpu_s / max(r.wall_s, 1e-9), 1),
                      "loop_lag_p99_ms": round(r.loop_lag_p99_ms, 3), "saturated": bool(saturation(r))}
                     for wid, r in sorted(parsed.items())] if len(parsed) > 1 or "local" not in parsed else [],
@@ -493,37 +498,39 @@ def live_summary(environment: Environment) -> dict[str, Any] | None:
 
 
 def _live_loop(environment: Environment) -> None:
-    """Master / local process: the chart's points and the live saturation warning."""
-    prev: tuple[float, LedgerCounts] | None = None
+    """Master / local process: warn in the log as soon as the generator is saturated."""
     while True:
         gevent.sleep(LIVE_EVERY)
         reports = _live_reports()
-        if not reports:
+        if not reports or _State.saturation_logged:
             continue
         try:
             merged = ProcessReport.merge([ProcessReport.from_json(r) for r in reports.values()])
         except RoombenchError:
             continue
-        now = time.time()
-        point = _series_point(merged, now, prev)
-        prev = (now, merged.ledger)
-        if point is not None:
-            _State.series = (_State.series + [point])[-600:]
         reasons = saturation(merged)
-        if reasons and merged.wall_s > 2 * LIVE_EVERY:
+        if reasons and merged.wall_s > 2 * LIVE_EVERY:  # not the first second's import/connect burst
             _warn_saturation({"saturated": True, "saturation": reasons})
 
 
-def _series_point(merged: ProcessReport, now: float, prev: tuple[float, LedgerCounts] | None) -> dict[str, Any] | None:
-    if prev is None:
-        return None
-    t0, before = prev
-    dt = max(now - t0, 1e-9)
-    lat = merged.metrics.summary()
-    return {"start": t0, "length": round(dt, 3),
-            "acks_per_s": round((merged.ledger.acked - before.acked) / dt, 1),
-            "deliveries_per_s": round((merged.ledger.delivered_live - before.delivered_live) / dt, 1),
-            "ack_p99_ms": lat["ack"]["p99"], "fanout_p99_ms": lat["fanout"]["p99"]}
+#: at most this many intervals in a live report (the chart's window; the final one has all)
+LIVE_INTERVALS = 120
+
+
+def _series(merged: ProcessReport) -> list[dict[str, Any]]:
+    """The chart over time: per interval (measure.intervals, merged exactly over the
+    workers) ack and fan-out p99 and the rates, from the last Reset on."""
+    out = []
+    for iv in merged.intervals:
+        if iv.start + iv.length <= _State.reset_at or iv.length <= 0:
+            continue
+        p99 = {m: (round(percentiles(iv.histograms[m], [99.0])[99.0] / 1000.0, 3) if iv.count(m) else None)
+               for m in ("ack", "fanout")}
+        out.append({"start": iv.start, "length": round(iv.length, 3), "ack_p99_ms": p99["ack"],
+                    "fanout_p99_ms": p99["fanout"],
+                    "acks_per_s": round(iv.counts.get("acked", 0) / iv.length, 1),
+                    "deliveries_per_s": round(iv.counts.get("delivered_live", 0) / iv.length, 1)})
+    return out
 
 
 @events.quit.add_listener

@@ -34,7 +34,8 @@ STATIC = Path(__file__).parent / "static"
 #: the tab's table: one row per number, a section and a name saying what it is
 STRUCTURE = [
     {"key": "section", "title": "section"},
-    {"key": "name", "title": "name"},
+    # not "name": the UI's table sorts by a "name" column by default, and the rows' order is meaning
+    {"key": "item", "title": "name"},
     {"key": "value", "title": "count / value"},
     {"key": "p50", "title": "p50 ms"},
     {"key": "p90", "title": "p90 ms"},
@@ -57,13 +58,11 @@ def fmt(v: Any) -> str:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(v)
     return str(v)
 
 
 def _row(section: str, name: str, value: Any = None, **pcts: Any) -> dict[str, str]:
-    row = {"section": section, "name": name, "value": fmt(value) if value is not None else ""}
+    row = {"section": section, "item": name, "value": fmt(value) if value is not None else ""}
     for k in PCTS:
         row[k] = fmt(pcts[k]) if k in pcts else ""
     return row

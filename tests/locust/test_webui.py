@@ -1,0 +1,140 @@
+"""The roombench tab of Locust's web UI, in a real (headless, Debian) Chromium.
+
+Locust runs as a real subprocess against the embedded server; the browser starts the
+swarm from the form, opens the roombench tab, and the numbers on the page must equal the
+JSON the master serves (and the summary file it wrote).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from roombench.locust.webui import PCTS, fmt, rows
+from roombench.servers import free_port
+
+from tests.helpers import REF_TOKEN
+
+LOCUSTFILE = Path(__file__).parents[2] / "locustfiles" / "chat.py"
+CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def start_locust(host: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(tmp_path / "locust.log", "ab")
+    env = {**os.environ, "ROOMBENCH_TOKEN": REF_TOKEN}  # never on argv
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host,
+                             "--web-host", "127.0.0.1", "--web-port", str(port), "--room-size", "2", "--rate", "5",
+                             "--drain", "2", "--drop-every", "1.5", *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(url + "/", timeout=1)
+            return proc, url
+        except requests.ConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def locust_ui(ref_server: Any, tmp_path: Path) -> Iterator[str]:
+    proc, url = start_locust(ref_server.url, tmp_path, "--summary-out", str(tmp_path / "summary.json"))
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def wait_final(url: str, test: int, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = requests.get(url + "/roombench/summary", timeout=5)
+        if resp.status_code == 200:
+            s = resp.json()
+            if s["metadata"]["locust"]["state"] == "final" and s["metadata"]["locust"]["test"] == test:
+                return s
+        time.sleep(0.3)
+    raise AssertionError("no final summary")
+
+
+def wait_state(url: str, state: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while requests.get(url + "/stats/requests", timeout=5).json()["state"] != state:
+        assert time.monotonic() < deadline, f"Locust never reached {state!r}"
+        time.sleep(0.3)
+
+
+def table_rows(page: Any) -> list[list[str]]:
+    return page.eval_on_selector_all(
+        "table tbody tr", "trs => trs.map(tr => Array.from(tr.cells).map(td => td.innerText.trim()))")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: `apt-get install -y chromium` (make test does)")
+def test_roombench_tab_shows_the_served_summary(locust_ui: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(locust_ui + "/")
+            page.fill("input[name=userCount]", "4")
+            page.fill("input[name=spawnRate]", "20")
+            page.click("button:has-text('Start')")
+            page.get_by_role("tab", name="roombench").click()
+            # live: roombench's own rows show acks while the test runs
+            page.wait_for_function("() => Array.from(document.querySelectorAll('table tbody tr'))"
+                                   ".some(tr => tr.cells[1] && tr.cells[1].innerText.trim() === 'ack')", timeout=20_000)
+            live = {r[1]: r for r in table_rows(page)}
+            assert live["test"][2] == "#1 running"
+            page.wait_for_timeout(3000)  # a few intervals, some forced drops
+            page.click("button:has-text('Stop')")
+            summary = wait_final(locust_ui, test=1)
+            wait_state(locust_ui, "stopped")
+            page.goto(locust_ui + "/?tab=roombench")  # the UI polls only while running: load the final rows
+            page.wait_for_function("() => Array.from(document.querySelectorAll('table tbody tr'))"
+                                   ".some(tr => tr.cells[2] && tr.cells[2].innerText.trim() === '#1 final')",
+                                   timeout=10_000)
+            shown = table_rows(page)
+            page.screenshot(path=str(tmp_path / "roombench-tab.png"), full_page=True)
+            page.goto(locust_ui + "/roombench/")
+            page.wait_for_selector("#latency tr:nth-child(2)")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "roombench-page.png"), full_page=True)
+            own_page = page.eval_on_selector_all(
+                "#latency tr", "trs => trs.map(tr => Array.from(tr.cells).map(td => td.innerText.trim()))")
+        finally:
+            browser.close()
+
+    # the page shows exactly the served JSON, row for row
+    assert shown == [[r[k["key"]] for k in STRUCTURE_KEYS] for r in rows(summary)]
+    by_name = {r[1]: r for r in shown}
+    ack = summary["latency_ms"]["ack"]
+    assert ack["count"] > 0
+    assert by_name["ack"][2:] == [str(ack["count"]), *(fmt(ack[k]) for k in PCTS)]
+    for key in ("sent", "acked", "expected", "delivered_live", "recovered", "forced_drops"):
+        assert by_name[key][2] == str(summary["delivery"][key]), key
+    assert summary["delivery"]["forced_drops"] > 0
+    assert by_name["all cpu_pct"][2] == fmt(summary["metadata"]["generator"]["cpu_pct"])
+    assert [row for row in own_page[1:] if row[0] == "ack"] == [["ack", str(ack["count"]), *(fmt(ack[k]) for k in PCTS)]]
+    # ... and the file the master wrote is that JSON
+    assert orjson.loads((tmp_path / "summary.json").read_bytes()) == summary
+    assert (tmp_path / "roombench-tab.png").stat().st_size > 10_000
+
+
+STRUCTURE_KEYS = [{"key": k} for k in ("section", "item", "value", *PCTS)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ class _State:
     reports: dict[str, dict[str, Any]] = {}
     #: master only: each worker's latest live report of this run, (time received, report)
     live_reports: dict[str, tuple[float, dict[str, Any]]] = {}
+    #: master only: the workers connected when the test started (one that never reports is dead)
+    run_workers: set[str] = set()
     #: tests started in this process (a summary file per test; the UI says which test)
     test_no = 0
     #: this process's ledger counts at the last Reset (subtracted from what it reports)
@@ -161,9 +164,9 @@ def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge)
         gevent.sleep(1.0)
         _flush_stats(environment, gen, bridge)
         ticks += 1
-        if ticks % LIVE_EVERY == 0 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
+        if ticks % LIVE_EVERY == 1 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
             # the master's live page merges these (its final summary uses the final reports)
-            live = _report(gen).to_json()
+            live = _report_json(gen)
             live["intervals"] = live["intervals"][-LIVE_INTERVALS:]
             environment.runner.send_message("roombench_live", live)
 
@@ -204,6 +207,15 @@ def _report(gen: Generator) -> ProcessReport:
     report = gen.report()
     report.ledger = _ledger_counts(gen)
     return report
+
+
+def _report_json(gen: Generator) -> dict[str, Any]:
+    """What a worker ships: the report, plus its rooms' planned sizes (deterministic, so
+    a distributed run can be compared with one process; from_json ignores the extra key)."""
+    data = _report(gen).to_json()
+    rooms = Counter(room for no in gen.sessions for room in gen.rooms_for(no))
+    data["room_sizes"] = {str(size): n for size, n in sorted(Counter(rooms.values()).items())}
+    return data
 
 
 @events.init.add_listener
@@ -350,6 +362,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         _State.live_loop = gevent.spawn(_live_loop, environment)
     if isinstance(environment.runner, MasterRunner):
         _State.reports, _State.live_reports = {}, {}
+        _State.run_workers = {w.id for w in environment.runner.clients.values() if w.state != STATE_MISSING}
         return
     try:
         _start_generator(environment)
@@ -393,7 +406,7 @@ def _finish(environment: Environment, gen: Generator) -> dict[str, Any]:
     if _State.bridge_loop is not None and _State.bridge is not None:
         _State.bridge_loop.kill()
         _flush_stats(environment, gen, _State.bridge)
-    return _report(gen).to_json()
+    return _report_json(gen)
 
 
 def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]]) -> None:
@@ -451,16 +464,21 @@ def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final
     now = time.time()
     dead = []
     if final:
-        for wid, (t, r) in sorted(_State.live_reports.items()):
-            if wid not in reports:
-                c = r.get("ledger", {})
-                dead.append({"id": wid, "age_s": round(now - t, 1), "users": r.get("users", 0),
-                             "sent": c.get("sent", 0), "acked": c.get("acked", 0), "lost": c.get("lost", 0)})
+        for wid in sorted((_State.run_workers | set(_State.live_reports)) - set(reports)):
+            t, r = _State.live_reports.get(wid, (None, {}))
+            c = r.get("ledger", {})
+            dead.append({"id": wid, "age_s": round(now - t, 1) if t is not None else None, "users": r.get("users", 0),
+                         "sent": c.get("sent", 0), "acked": c.get("acked", 0), "lost": c.get("lost", 0)})
         for w in dead:
-            logger.error("roombench: worker %s stopped reporting %.1f s before the end (its last report: %d users, "
-                         "%d sent, %d acked); the summary covers the other workers", w["id"], w["age_s"], w["users"],
-                         w["sent"], w["acked"])
+            last = (f"its last report, {w['age_s']} s before the end: {w['users']} users, {w['sent']} sent, "
+                    f"{w['acked']} acked" if w["age_s"] is not None else "no report received from it")
+            logger.error("roombench: worker %s stopped reporting (%s); the summary covers the other workers",
+                         w["id"], last)
+    room_sizes: Counter[str] = Counter()
+    for r in reports.values():
+        room_sizes.update(r.get("room_sizes", {}))
     summary["metadata"]["locust"] = {
+        "room_sizes": dict(sorted(room_sizes.items(), key=lambda kv: int(kv[0]))),
         "test": _State.test_no, "state": "final" if final else "running", "notices": list(_State.notices),
         "dead_workers": dead, "summary_file": _State.summary_file, "series": _series(merged)[-3600:],
         "workers": [{"id": wid, "users": r.users, "cpu_pct": round(100.0 * r.cpu_s / max(r.wall_s, 1e-9), 1),
@@ -473,7 +491,7 @@ def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final
 def _live_reports() -> dict[str, dict[str, Any]]:
     """The current test's per-process reports as they stand (master: the workers' latest)."""
     if _State.gen is not None:
-        return {"local": _report(_State.gen).to_json()}
+        return {"local": _report_json(_State.gen)}
     return {**{wid: r for wid, (_t, r) in _State.live_reports.items()}, **_State.reports}
 
 

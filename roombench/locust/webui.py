@@ -83,8 +83,9 @@ def rows(summary: dict[str, Any] | None) -> list[dict[str, str]]:
         out += [_row("notice", f"{FLAG} SATURATED", why + ": latencies are inflated") for why in gen["saturation"]]
     out += [_row("notice", FLAG, text) for text in live.get("notices", [])]
     for w in live.get("dead_workers", []):
-        out.append(_row("notice", f"{FLAG} worker lost", f"{w['id']}: last report {w['age_s']} s before the end "
-                        f"held users={w['users']} sent={w['sent']} acked={w['acked']}; not in the totals"))
+        last = (f"last report {w['age_s']} s before the end held users={w['users']} sent={w['sent']} "
+                f"acked={w['acked']}" if w["age_s"] is not None else "no report ever received")
+        out.append(_row("notice", f"{FLAG} worker lost", f"{w['id']}: {last}; not in the totals"))
     for name, s in summary["latency_ms"].items():
         if s["count"]:
             out.append(_row("backfill" if name in BACKFILL else "latency", name, s["count"],

@@ -283,6 +283,8 @@ def _round_to_whole_rooms(environment: Environment, runner: Any) -> None:
     start = runner.start
 
     def rounded_start(user_count: int, spawn_rate: float, *args: Any, **kwargs: Any) -> Any:
+        if environment.parsed_options is not None:
+            webui.restore_secrets(environment.parsed_options)
         _refuse_mid_run_edits(environment, runner)
         workers = runner.worker_count if isinstance(runner, MasterRunner) else 0
         if workers and user_count > 0:

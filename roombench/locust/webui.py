@@ -180,7 +180,7 @@ def install(environment: Any, source: SummarySource) -> None:
         {"href": "./roombench/csv", "title": "Download roombench CSV (HDR percentiles, ledger)"},
         {"href": "./roombench/", "title": "roombench live page (chart over time)"},
     ]
-    _unescape_help(web_ui)
+    _fix_template_args(web_ui)
     app = web_ui.app
 
     def _json(data: Any, status: int = 200, download: str | None = None) -> Response:
@@ -232,14 +232,32 @@ def install(environment: Any, source: SummarySource) -> None:
         return response
 
 
-def _unescape_help(web_ui: Any) -> None:
-    """argparse needs '%%' for a literal '%'; the web UI shows help texts raw."""
+#: secret custom parameters' values from the command line / environment, by option name:
+#: never put in the page; an empty field in the form means "keep this one"
+SECRETS: dict[str, str] = {}
+
+
+def _fix_template_args(web_ui: Any) -> None:
+    """The form's custom parameters as the page gets them: argparse's '%%' shown as '%',
+    and no secret's value (Locust would put the token into the page as the field's default)."""
     original = web_ui.update_template_args
 
     def update() -> None:
         original()
-        for opt in (web_ui.template_args.get("extra_options") or {}).values():
-            if isinstance(opt, dict) and isinstance(opt.get("help_text"), str):
+        for name, opt in (web_ui.template_args.get("extra_options") or {}).items():
+            if not isinstance(opt, dict):
+                continue
+            if isinstance(opt.get("help_text"), str):
                 opt["help_text"] = opt["help_text"].replace("%%", "%")
+            if opt.get("is_secret") and opt.get("default_value"):
+                SECRETS.setdefault(name, opt["default_value"])
+                opt["default_value"] = ""
 
     web_ui.update_template_args = update
+
+
+def restore_secrets(options: Any) -> None:
+    """After the form was posted: an empty secret field keeps the value Locust started with."""
+    for name, value in SECRETS.items():
+        if getattr(options, name, None) == "":
+            setattr(options, name, value)

@@ -138,3 +138,80 @@ def test_roombench_tab_shows_the_served_summary(locust_ui: str, tmp_path: Path) 
 
 
 STRUCTURE_KEYS = [{"key": k} for k in ("section", "item", "value", *PCTS)]
+
+
+def summary_now(url: str) -> dict[str, Any]:
+    resp = requests.get(url + "/roombench/summary", timeout=5)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def wait_for(url: str, pred: Any, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = requests.get(url + "/roombench/summary", timeout=5)
+        if resp.status_code == 200 and pred(resp.json()):
+            return resp.json()
+        assert time.monotonic() < deadline, resp.text[:300]
+        time.sleep(0.3)
+
+
+def ack_row(url: str) -> dict[str, Any]:
+    stats = requests.get(url + "/stats/requests", timeout=5).json()["stats"]
+    return next(s for s in stats if (s["method"], s["name"]) == ("ack", "send_message"))
+
+
+def test_page_keeps_the_token_out_and_shows_help_unescaped(locust_ui: str) -> None:
+    page = requests.get(locust_ui + "/", timeout=5).text
+    assert f"\"{REF_TOKEN}\"" not in page  # Locust would make it the password field's default value
+    assert "+-50% jitter" in page and "%%" not in page
+    assert requests.get(locust_ui + "/roombench/summary", timeout=5).status_code == 404  # no test yet
+    # an empty token field means "the one Locust started with": users connect
+    form = {"user_count": "2", "spawn_rate": "20", "token": ""}
+    assert requests.post(locust_ui + "/swarm", data=form, timeout=5).json()["success"]
+    s = wait_for(locust_ui, lambda s: s["delivery"]["acked"] > 0)
+    assert not s["errors"].get("connect_failed")
+    requests.post(locust_ui + "/stop", timeout=30)
+
+
+def test_reset_restarts_roombench_with_locust_rows(locust_ui: str) -> None:
+    assert requests.post(locust_ui + "/swarm", data={"user_count": "4", "spawn_rate": "20"}, timeout=5).json()["success"]
+    before = wait_for(locust_ui, lambda s: s["latency_ms"]["ack"]["count"] >= 30)
+    assert requests.post(locust_ui + "/stats/reset", timeout=5).ok
+    time.sleep(1.2)  # past the summary's 1 s cache
+    after = summary_now(locust_ui)
+    # both restart from (nearly) zero together: ~20 acks/s here, so < 30 within ~1 s
+    assert after["latency_ms"]["ack"]["count"] < 30 <= before["latency_ms"]["ack"]["count"]
+    assert after["delivery"]["sent"] < before["delivery"]["sent"]
+    assert ack_row(locust_ui)["num_requests"] < 30
+    requests.post(locust_ui + "/stop", timeout=30)
+    final = wait_final(locust_ui, test=1)
+    # the final summary counts from the reset too: it agrees with Locust's row (which may
+    # hold the at most ~1 s of pre-reset samples the bridge had not flushed yet)
+    assert abs(final["latency_ms"]["ack"]["count"] - ack_row(locust_ui)["num_requests"]) <= 25
+
+
+def test_each_test_gets_its_own_file_and_mid_run_edits_are_refused(locust_ui: str, tmp_path: Path) -> None:
+    form = {"user_count": "2", "spawn_rate": "20", "rate": "5"}
+    assert requests.post(locust_ui + "/swarm", data=form, timeout=5).json()["success"]
+    wait_for(locust_ui, lambda s: s["delivery"]["acked"] > 0)
+    # the Edit dialog posts the form again while running, with a new rate
+    assert requests.post(locust_ui + "/swarm", data={**form, "rate": "1"}, timeout=5).json()["success"]
+    time.sleep(1.2)
+    notices = summary_now(locust_ui)["metadata"]["locust"]["notices"]
+    assert any("NOT applied" in n and "rate 5.0 -> 1.0" in n for n in notices), notices
+    requests.post(locust_ui + "/stop", timeout=30)
+    first = wait_final(locust_ui, test=1)
+    assert first["metadata"]["scenario"]["rate"] == 5.0  # the run's own scenario, not the edited one
+    assert any("NOT applied" in r["value"] for r in rows(first) if r["section"] == "notice")
+    wait_state(locust_ui, "stopped")
+    # the next test starts with the edited rate and writes its own file
+    assert requests.post(locust_ui + "/swarm", data={**form, "rate": "1"}, timeout=5).json()["success"]
+    wait_for(locust_ui, lambda s: s["metadata"]["locust"]["test"] == 2 and s["delivery"]["acked"] > 0)
+    requests.post(locust_ui + "/stop", timeout=30)
+    second = wait_final(locust_ui, test=2)
+    assert second["metadata"]["scenario"]["rate"] == 1.0 and not second["metadata"]["locust"]["notices"]
+    assert orjson.loads((tmp_path / "summary.json").read_bytes()) == first
+    assert orjson.loads((tmp_path / "summary-2.json").read_bytes()) == second
+    download = requests.get(locust_ui + "/roombench/summary.json", timeout=5)
+    assert "attachment" in download.headers["Content-Disposition"] and download.json() == second

@@ -435,10 +435,13 @@ def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]])
         summary["metadata"]["locust"]["summary_file"] = _State.summary_file = str(path)
         write_json(path, summary)
         logger.info("roombench: summary of test %d written to %s", _State.test_no, path)
+    _State.final = summary
     csv_prefix = getattr(environment.parsed_options, "csv_prefix", None)
     if csv_prefix:
         _write_text(f"{csv_prefix}_roombench.csv", webui.csv_text(summary))
-    _State.final = summary
+        # Locust's CSV writer rewrites its files once a second, and not at exit: let it see
+        # the last second (and the failures just logged), or --csv would miss them
+        gevent.sleep(1.2)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -563,3 +563,14 @@ def _on_quit(**_: Any) -> None:
     path = getattr(env.parsed_options, "html_file", None) if env is not None else None
     if path and _State.final is not None and Path(path).is_file():
         webui.add_to_html_file(path, _State.final)
+
+
+def print_options_help() -> None:
+    """The options this locustfile adds to Locust's (``python locustfiles/chat.py --help``)."""
+    from locust.argument_parser import LocustArgumentParser
+
+    parser = LocustArgumentParser(prog="locust -f locustfiles/chat.py", add_help=False, add_config_file_help=False,
+                                  add_env_var_help=False, description="roombench's options, besides Locust's own "
+                                  "(`locust --help`); in the web UI under Custom parameters.")
+    _add_options(parser)
+    parser.print_help()

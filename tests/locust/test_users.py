@@ -107,3 +107,12 @@ def test_a_missing_token_shows_as_connect_failures(ref_server: Any, tmp_path: Pa
     connect = out["stats"][("connect", "socket.io")]
     assert int(connect["Failure Count"]) >= 4  # every user's connect was refused
     assert code == 1 and any(f["Method"] == "connect" for f in out["failures"])
+
+
+def test_the_locustfile_lists_its_options() -> None:
+    # Locust prints --help before loading a locustfile; the locustfile itself lists roombench's
+    out = subprocess.run([sys.executable, str(LOCUSTFILE), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for option in ("--room-size", "--drop-every", "--server-profile", "--summary-out"):
+        assert option in out.stdout
+    assert "+-50% jitter" in out.stdout and "%%" not in out.stdout

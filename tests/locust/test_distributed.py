@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 
 from roombench.servers import free_port
 
@@ -61,9 +62,12 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def run_distributed(procs: Procs, host: str, out: Path, users: int, run_time: str,
-                    kill_one_after: float | None = None) -> dict[str, Any]:
+                    kill_one_after: float | None = None, web_port: int | None = None) -> dict[str, Any]:
     port = free_port()
-    master = procs.start("master", "--master", "--headless", "--host", host, "-u", str(users), "-r", "50",
+    # with a web UI: --autostart (headless has none), to read the master's live summary
+    mode = ["--headless"] if web_port is None else ["--autostart", "--autoquit", "1", "--web-host", "127.0.0.1",
+                                                    "--web-port", str(web_port)]
+    master = procs.start("master", "--master", *mode, "--host", host, "-u", str(users), "-r", "50",
                          "-t", run_time, "--expect-workers", "2", "--master-bind-host", "127.0.0.1",
                          "--master-bind-port", str(port), "--summary-out", str(out / "summary.json"),
                          "--csv", str(out / "locust"), "--html", str(out / "report.html"), *SCENARIO)
@@ -74,11 +78,25 @@ def run_distributed(procs: Procs, host: str, out: Path, users: int, run_time: st
         while "All users spawned" not in procs.log("master"):
             assert time.monotonic() < deadline and master.poll() is None, procs.log("master")
             time.sleep(0.2)
+        if web_port is not None:  # the master's live summary merges both workers' live reports
+            live = wait_live(web_port, lambda s: len(s["metadata"]["locust"]["workers"]) == 2)
+            assert live["metadata"]["locust"]["state"] == "running" and live["metadata"]["users"] == 20
+            assert live["latency_ms"]["ack"]["count"] > 0
         time.sleep(kill_one_after)
         workers[1].send_signal(signal.SIGKILL)  # dies without a word, as a lost machine does
     master.wait(60)
     assert (out / "summary.json").exists(), procs.log("master")
     return orjson.loads((out / "summary.json").read_bytes())
+
+
+def wait_live(web_port: int, pred: Any, timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = requests.get(f"http://127.0.0.1:{web_port}/roombench/summary", timeout=5)
+        if resp.status_code == 200 and pred(resp.json()):
+            return resp.json()
+        assert time.monotonic() < deadline, resp.text[:300]
+        time.sleep(0.3)
 
 
 def test_master_and_two_workers_merge_exactly_with_whole_rooms(ref_server: Any, procs: Procs, tmp_path: Path) -> None:
@@ -118,7 +136,8 @@ def test_master_and_two_workers_merge_exactly_with_whole_rooms(ref_server: Any, 
 
 
 def test_a_dead_worker_is_reported_and_the_rest_stands(ref_server: Any, procs: Procs, tmp_path: Path) -> None:
-    summary = run_distributed(procs, ref_server.url, tmp_path, users=20, run_time="9s", kill_one_after=3)
+    summary = run_distributed(procs, ref_server.url, tmp_path, users=20, run_time="9s", kill_one_after=2,
+                              web_port=free_port())
     meta, d = summary["metadata"], summary["delivery"]
     dead = meta["locust"]["dead_workers"]
     assert len(dead) == 1 and dead[0]["users"] == 10 and dead[0]["sent"] > 0, dead

@@ -215,3 +215,37 @@ def test_each_test_gets_its_own_file_and_mid_run_edits_are_refused(locust_ui: st
     assert orjson.loads((tmp_path / "summary-2.json").read_bytes()) == second
     download = requests.get(locust_ui + "/roombench/summary.json", timeout=5)
     assert "attachment" in download.headers["Content-Disposition"] and download.json() == second
+
+
+def synthetic_summary(lag_ms: float, lost: int) -> dict[str, Any]:
+    import numpy as np
+
+    from roombench.chat.ledger import LedgerCounts
+    from roombench.measure.metrics import Metrics, add_values, new_histogram, to_micros
+    from roombench.measure.report import ProcessReport
+    from roombench.measure.summary import build_summary
+
+    metrics = Metrics()
+    for ms in (1.0, 2.0, 3.0, 250.0):
+        metrics.record("ack", ms / 1000)
+    lag = new_histogram()
+    add_values(lag, to_micros(np.full(100, lag_ms / 1000)))
+    report = ProcessReport(target="http://x", scenario={}, profile={}, metrics=metrics, loop_lag=lag,
+                           ledger=LedgerCounts(sent=4, acked=4, expected=4, delivered_live=4 - lost, live_missed=lost,
+                                               lost=lost), wall_s=10.0, cpu_s=1.0)
+    return build_summary(report, target="http://x", scenario={})
+
+
+def test_saturation_and_losses_are_flagged_on_every_page() -> None:
+    from roombench.locust.webui import add_to_html, csv_text
+
+    bad, good = synthetic_summary(lag_ms=280, lost=3), synthetic_summary(lag_ms=1, lost=0)
+    by_item = {r["item"]: r for r in rows(bad)}
+    assert "SATURATED" in by_item["\u26a0 SATURATED"]["item"] and "280" in by_item["\u26a0 SATURATED"]["value"]
+    assert by_item["lost \u26a0"]["value"] == "3" and "duplicates" in by_item  # zero: not flagged
+    assert by_item["ack"]["p99"] == fmt(bad["latency_ms"]["ack"]["p99"]) and by_item["ack"]["value"] == "4"
+    assert not any("SATURATED" in r["item"] or "\u26a0" in r["item"] for r in rows(good))
+    report = add_to_html("<html><body><p>locust</p></body></html>", bad)
+    assert report.index("<p>locust</p>") < report.index("generator saturated") < report.index("</body>")
+    assert '<tr style="color:#c00;font-weight:bold"><td>lost</td><td>3</td></tr>' in report
+    assert "delivery,lost,3" in csv_text(bad) and "generator,saturated,True" in csv_text(bad)

@@ -42,6 +42,7 @@ from roombench.locust import webui
 from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
+from roombench.measure.intervals import Interval
 from roombench.measure.metrics import percentiles
 from roombench.measure.report import ProcessReport
 from roombench.measure.summary import build_summary, saturation, write_json
@@ -86,6 +87,10 @@ class _State:
     notices: list[str] = []
     #: unix time of the last Reset (the chart starts there)
     reset_at = 0.0
+    #: the live chart's intervals so far (master: all workers' added), by start
+    live_intervals: dict[float, Interval] = {}
+    #: this process: the start of the last interval already in a live report
+    live_until = float("-inf")
     #: the last test's final summary (served after stop), and the file it went to
     final: dict[str, Any] | None = None
     summary_file: str = ""
@@ -166,9 +171,7 @@ def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge)
         ticks += 1
         if ticks % LIVE_EVERY == 1 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
             # the master's live page merges these (its final summary uses the final reports)
-            live = _report_json(gen)
-            live["intervals"] = live["intervals"][-LIVE_INTERVALS:]
-            environment.runner.send_message("roombench_live", live)
+            environment.runner.send_message("roombench_live", _as_json(gen, _live_report(gen)))
 
 
 #: seconds between a worker's live reports to the master (and the UI's chart points)
@@ -209,13 +212,36 @@ def _report(gen: Generator) -> ProcessReport:
     return report
 
 
-def _report_json(gen: Generator) -> dict[str, Any]:
-    """What a worker ships: the report, plus its rooms' planned sizes (deterministic, so
-    a distributed run can be compared with one process; from_json ignores the extra key)."""
-    data = _report(gen).to_json()
+def _live_report(gen: Generator) -> ProcessReport:
+    """This process's report while it runs, with only the intervals closed since the last
+    one (a report of every interval copies them all: ~0.4 s of a blocked loop 10 minutes
+    into a run, which would inflate the very latencies it reports)."""
+    if gen.finished:
+        return _report(gen)
+    log = gen.intervals
+    full = log.intervals
+    i = len(full)
+    while i > 0 and full[i - 1].start > _State.live_until:
+        i -= 1
+    log.intervals = full[i:]  # report() copies what the log holds; it does not yield
+    try:
+        report = _report(gen)
+    finally:
+        log.intervals = full
+    if report.intervals:
+        _State.live_until = report.intervals[-1].start
+    return report
+
+
+def _room_sizes(gen: Generator) -> dict[str, int]:
+    """Rooms by planned size (deterministic, so a distributed run can be compared with one process)."""
     rooms = Counter(room for no in gen.sessions for room in gen.rooms_for(no))
-    data["room_sizes"] = {str(size): n for size, n in sorted(Counter(rooms.values()).items())}
-    return data
+    return {str(size): n for size, n in sorted(Counter(rooms.values()).items())}
+
+
+def _as_json(gen: Generator, report: ProcessReport) -> dict[str, Any]:
+    """What a worker ships: the report plus its room sizes (from_json ignores the extra key)."""
+    return {**report.to_json(), "room_sizes": _room_sizes(gen)}
 
 
 @events.init.add_listener
@@ -237,8 +263,23 @@ def _on_worker_report(environment: Environment, msg: Any, **_: Any) -> None:
 
 
 def _on_worker_live(environment: Environment, msg: Any, **_: Any) -> None:
-    if msg.node_id not in _State.reports:  # a late live report must not replace the final one
-        _State.live_reports[msg.node_id] = (time.time(), msg.data)
+    if msg.node_id in _State.reports:  # a late live report must not replace the final one
+        return
+    data = dict(msg.data)
+    try:  # the intervals closed since the worker's last live report: into the chart
+        _add_live_intervals([Interval.from_json(d) for d in data.pop("intervals", [])])
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.error("roombench: broken live report from worker %s: %s", msg.node_id, exc)
+        return
+    _State.live_reports[msg.node_id] = (time.time(), data)
+
+
+def _add_live_intervals(intervals: list[Interval]) -> None:
+    for iv in intervals:
+        mine = _State.live_intervals.get(iv.start)
+        if mine is None:
+            mine = _State.live_intervals[iv.start] = Interval(iv.start, 0.0)
+        mine.add(iv)  # several workers' intervals of the same start: added exactly
 
 
 def _on_reset_request(environment: Environment, msg: Any, **_: Any) -> None:
@@ -253,6 +294,7 @@ def _on_reset_stats(**_: Any) -> None:
     if env is None:
         return
     _State.reset_at = time.time()
+    _State.live_intervals = {}
     _State.live_cache = (0.0, None)
     if isinstance(env.runner, MasterRunner):
         _State.live_reports = {}
@@ -352,6 +394,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     _State.test_no += 1
     _State.final, _State.summary_file = None, ""
     _State.reset_at, _State.saturation_logged = 0.0, False
+    _State.live_intervals, _State.live_until = {}, float("-inf")
     _State.notices = [t for t in _State.notices if t.startswith("users rounded")]
     _State.live_cache = (0.0, None)
     try:
@@ -408,7 +451,7 @@ def _finish(environment: Environment, gen: Generator) -> dict[str, Any]:
     if _State.bridge_loop is not None and _State.bridge is not None:
         _State.bridge_loop.kill()
         _flush_stats(environment, gen, _State.bridge)
-    return _report_json(gen)
+    return _as_json(gen, _report(gen))
 
 
 def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]]) -> None:
@@ -458,12 +501,14 @@ def _warn_saturation(gen_meta: dict[str, Any]) -> None:
         logger.warning("roombench: generator SATURATED, latencies are inflated: %s", "; ".join(gen_meta["saturation"]))
 
 
-def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final: bool) -> dict[str, Any]:
-    """summary.json's dict from per-process reports, with what the UI needs under
-    ``metadata.locust`` (test number, state, notices, per-worker generator, series)."""
+def _summary(environment: Environment, reports: dict[str, Any], final: bool) -> dict[str, Any]:
+    """summary.json's dict from per-process reports (ProcessReport or its JSON), with what
+    the UI needs under ``metadata.locust`` (test number, state, notices, workers, series).
+    Live, the series comes from the intervals gathered so far (the reports carry none)."""
     scenario, profile = _scenario_and_profile(environment)
-    parsed = {wid: ProcessReport.from_json(r) for wid, r in reports.items()}
+    parsed = {wid: r if isinstance(r, ProcessReport) else ProcessReport.from_json(r) for wid, r in reports.items()}
     merged = ProcessReport.merge(list(parsed.values()))
+    series = _series(merged.intervals if final else [iv for _s, iv in sorted(_State.live_intervals.items())])
     summary = build_summary(merged, target=environment.host or "", scenario=_State.run_scenario or scenario.to_dict(),
                             extra={"profile": profile.to_dict()})
     now = time.time()
@@ -481,11 +526,12 @@ def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final
                          w["id"], last)
     room_sizes: Counter[str] = Counter()
     for r in reports.values():
-        room_sizes.update(r.get("room_sizes", {}))
+        room_sizes.update(r.get("room_sizes", {}) if isinstance(r, dict) else
+                          (_room_sizes(_State.gen) if _State.gen is not None else {}))
     summary["metadata"]["locust"] = {
         "room_sizes": dict(sorted(room_sizes.items(), key=lambda kv: int(kv[0]))),
         "test": _State.test_no, "state": "final" if final else "running", "notices": list(_State.notices),
-        "dead_workers": dead, "summary_file": _State.summary_file, "series": _series(merged)[-3600:],
+        "dead_workers": dead, "summary_file": _State.summary_file, "series": series[-3600:],
         "workers": [{"id": wid, "users": r.users, "cpu_pct": round(100.0 * r.cpu_s / max(r.wall_s, 1e-9), 1),
                      "loop_lag_p99_ms": round(r.loop_lag_p99_ms, 3), "saturated": bool(saturation(r))}
                     for wid, r in sorted(parsed.items())] if len(parsed) > 1 or "local" not in parsed else [],
@@ -493,10 +539,13 @@ def _summary(environment: Environment, reports: dict[str, dict[str, Any]], final
     return summary
 
 
-def _live_reports() -> dict[str, dict[str, Any]]:
+def _live_reports() -> dict[str, Any]:
     """The current test's per-process reports as they stand (master: the workers' latest)."""
     if _State.gen is not None:
-        return {"local": _report_json(_State.gen)}
+        report = _live_report(_State.gen)
+        _add_live_intervals(report.intervals)
+        report.intervals = []
+        return {"local": report}
     return {**{wid: r for wid, (_t, r) in _State.live_reports.items()}, **_State.reports}
 
 
@@ -528,7 +577,8 @@ def _live_loop(environment: Environment) -> None:
         if not reports or _State.saturation_logged:
             continue
         try:
-            merged = ProcessReport.merge([ProcessReport.from_json(r) for r in reports.values()])
+            merged = ProcessReport.merge([r if isinstance(r, ProcessReport) else ProcessReport.from_json(r)
+                                          for r in reports.values()])
         except RoombenchError:
             continue
         reasons = saturation(merged)
@@ -536,15 +586,11 @@ def _live_loop(environment: Environment) -> None:
             _warn_saturation({"saturated": True, "saturation": reasons})
 
 
-#: at most this many intervals in a live report (the chart's window; the final one has all)
-LIVE_INTERVALS = 120
-
-
-def _series(merged: ProcessReport) -> list[dict[str, Any]]:
+def _series(intervals: list[Interval]) -> list[dict[str, Any]]:
     """The chart over time: per interval (measure.intervals, merged exactly over the
     workers) ack and fan-out p99 and the rates, from the last Reset on."""
     out = []
-    for iv in merged.intervals:
+    for iv in intervals:
         if iv.start + iv.length <= _State.reset_at or iv.length <= 0:
             continue
         p99 = {m: (round(percentiles(iv.histograms[m], [99.0])[99.0] / 1000.0, 3) if iv.count(m) else None)

@@ -79,7 +79,8 @@ def run_distributed(procs: Procs, host: str, out: Path, users: int, run_time: st
             assert time.monotonic() < deadline and master.poll() is None, procs.log("master")
             time.sleep(0.2)
         if web_port is not None:  # the master's live summary merges both workers' live reports
-            live = wait_live(web_port, lambda s: len(s["metadata"]["locust"]["workers"]) == 2)
+            live = wait_live(web_port, lambda s: len(s["metadata"]["locust"]["workers"]) == 2
+                             and any(p["ack_p99_ms"] for p in s["metadata"]["locust"]["series"]))
             assert live["metadata"]["locust"]["state"] == "running" and live["metadata"]["users"] == 20
             assert live["latency_ms"]["ack"]["count"] > 0
         time.sleep(kill_one_after)
@@ -117,6 +118,9 @@ def test_master_and_two_workers_merge_exactly_with_whole_rooms(ref_server: Any, 
     # exact merge: the merged histograms hold every worker's samples
     assert summary["latency_ms"]["ack"]["count"] == d["acked"]
     assert summary["latency_ms"]["fanout"]["count"] == d["delivered_live"]
+    # the chart: one point per interval, both workers' interval histograms added
+    series = meta["locust"]["series"]
+    assert len(series) >= 3 and max(p["deliveries_per_s"] for p in series) > 0
     # Locust's own reports carry roombench's numbers too
     csv = (tmp_path / "locust_roombench.csv").read_text()
     assert f"delivery,sent,{d['sent']}" in csv and "latency,ack," in csv

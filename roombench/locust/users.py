@@ -329,6 +329,7 @@ def _round_to_whole_rooms(environment: Environment, runner: Any) -> None:
             webui.restore_secrets(environment.parsed_options)
         _refuse_mid_run_edits(environment, runner)
         workers = runner.worker_count if isinstance(runner, MasterRunner) else 0
+        _State.notices = [t for t in _State.notices if not t.startswith("users rounded")]  # this start's, if any
         if workers and user_count > 0:
             try:
                 room = _scenario_and_profile(environment)[0].room_size
@@ -341,7 +342,7 @@ def _round_to_whole_rooms(environment: Environment, runner: Any) -> None:
                     note = (f"users rounded from {user_count} to {n}: rooms of {room} stay whole on each of "
                             f"{workers} workers ({n // workers} users per worker)")
                     logger.warning("roombench: %s", note)
-                    _State.notices = [t for t in _State.notices if not t.startswith("users rounded")] + [note]
+                    _State.notices.append(note)
                     user_count = n
         return start(user_count, spawn_rate, *args, **kwargs)
 

@@ -81,6 +81,7 @@ class _State:
     test_no = 0
     #: this process's ledger counts at the last Reset (subtracted from what it reports)
     ledger_base: LedgerCounts | None = None
+    counters_base: Counter[str] = Counter()
     #: the scenario the current test runs (the master has no generator to ask)
     run_scenario: dict[str, Any] = {}
     #: what the UI shows above the numbers: refused edits, rounded user counts...
@@ -156,7 +157,7 @@ def _start_generator(environment: Environment) -> None:
         raise RoombenchError("no host: pass --host http://HOST:PORT (or set it in the web UI)")
     _State.gen = Generator(environment.host, scenario, profile)
     _State.failures_logged = _State.connect_failures_logged = 0
-    _State.ledger_base = None
+    _State.ledger_base, _State.counters_base = None, Counter()
     # Only acks go into Locust's "Aggregated" row and charts: a percentile over acks,
     # deliveries and reconnects together measures nothing.
     _State.bridge = LocustBridge(environment, _State.gen.metrics, STAT_NAMES, in_total={"ack"})
@@ -209,6 +210,8 @@ def _report(gen: Generator) -> ProcessReport:
     """This process's report, counted from the last Reset."""
     report = gen.report()
     report.ledger = _ledger_counts(gen)
+    report.counters.subtract(_State.counters_base)
+    report.counters = +report.counters  # drop the zeros
     return report
 
 
@@ -246,6 +249,7 @@ def _as_json(gen: Generator, report: ProcessReport) -> dict[str, Any]:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
+    _State.env = environment
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message("roombench_report", _on_worker_report)
@@ -313,7 +317,9 @@ def _reset_measurements(gen: Generator) -> None:
     gen._t0, gen._cpu0 = time.perf_counter(), time.process_time()
     gen.started = time.time()
     gen.errors.clear()
-    gen.counters.clear()
+    # counters and ledger are not cleared but counted from here: the interval log takes
+    # per-interval deltas of both, which a clear would turn negative
+    _State.counters_base = Counter(gen.counters)
     _State.ledger_base = gen.ledger.counts()
     _State.failures_logged = _State.connect_failures_logged = 0
 

@@ -39,10 +39,11 @@ from roombench.exceptions import RoombenchError
 from roombench.generator import Generator
 from roombench.chat.ledger import LedgerCounts
 from roombench.locust import webui
+from roombench.locust.live import LiveMaster, attach
 from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
-from roombench.measure.intervals import Interval
+from roombench.measure.intervals import Interval, write_files
 from roombench.measure.metrics import percentiles
 from roombench.measure.report import ProcessReport
 from roombench.measure.summary import build_summary, saturation, write_json
@@ -99,6 +100,8 @@ class _State:
     live_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
     live_loop: gevent.Greenlet | None = None
     env: Environment | None = None
+    #: master only, with --live-out: the workers' live.json snapshots
+    live: LiveMaster | None = None
 
 
 def current_generator(environment: Environment) -> Generator:
@@ -138,7 +141,9 @@ def _add_options(parser: Any, **_: Any) -> None:
                         help="profile TOML naming the server's events, fields, path, namespace, token placement "
                         "and backfill URL (a path or a shipped profile's name); empty: the contract's names")
     parser.add_argument("--summary-out", default="", help="write roombench's summary.json here at test stop "
-                        "(the 2nd test of one Locust process to NAME-2.json, and so on: no overwrite)")
+                        "(and beside it the interval histograms: <metric>.hlog, intervals.json); the 2nd test "
+                        "of one Locust process goes to test-2/NAME beside it, and so on: no overwrite")
+    parser.add_argument("--live-out", default="", help="rewrite this live.json (progress) every interval")
 
 
 def _scenario_and_profile(environment: Environment) -> tuple[Scenario, Profile]:
@@ -162,6 +167,7 @@ def _start_generator(environment: Environment) -> None:
     # deliveries and reconnects together measures nothing.
     _State.bridge = LocustBridge(environment, _State.gen.metrics, STAT_NAMES, in_total={"ack"})
     _State.bridge_loop = gevent.spawn(_bridge_loop, environment, _State.gen, _State.bridge)
+    _attach_live(environment, _State.gen)
 
 
 def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge) -> None:
@@ -172,7 +178,7 @@ def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge)
         ticks += 1
         if ticks % LIVE_EVERY == 1 and isinstance(environment.runner, WorkerRunner) and not gen.finished:
             # the master's live page merges these (its final summary uses the final reports)
-            environment.runner.send_message("roombench_live", _as_json(gen, _live_report(gen)))
+            environment.runner.send_message("roombench_progress", _as_json(gen, _live_report(gen)))
 
 
 #: seconds between a worker's live reports to the master (and the UI's chart points)
@@ -253,7 +259,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message("roombench_report", _on_worker_report)
-        runner.register_message("roombench_live", _on_worker_live)
+        runner.register_message("roombench_live", _on_worker_live)  # live.json (--live-out)
+        runner.register_message("roombench_progress", _on_worker_progress)  # the web UI's live summary
     elif isinstance(runner, WorkerRunner):
         runner.register_message("roombench_finish", _on_finish_request, concurrent=True)
         runner.register_message("roombench_reset", _on_reset_request)
@@ -266,7 +273,7 @@ def _on_worker_report(environment: Environment, msg: Any, **_: Any) -> None:
     _State.reports[msg.node_id] = msg.data
 
 
-def _on_worker_live(environment: Environment, msg: Any, **_: Any) -> None:
+def _on_worker_progress(environment: Environment, msg: Any, **_: Any) -> None:
     if msg.node_id in _State.reports:  # a late live report must not replace the final one
         return
     data = dict(msg.data)
@@ -415,6 +422,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         _State.reports, _State.live_reports = {}, {}
         _State.run_workers = {w.id for w in environment.runner.clients.values() if w.state != STATE_MISSING}
+        _State.live = None
         return
     try:
         _start_generator(environment)
@@ -469,7 +477,7 @@ def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]])
             logger.error("roombench: no worker sent a final report; no summary")
         return
     try:
-        summary = _summary(environment, reports, final=True)
+        summary, merged = _merged_summary(environment, reports, final=True)
     except RoombenchError as exc:  # e.g. a worker of another version or run: one line, no summary
         logger.error("roombench: %s", exc)
         return
@@ -480,10 +488,11 @@ def _write_summary(environment: Environment, reports: dict[str, dict[str, Any]])
     out = getattr(environment.parsed_options, "summary_out", "")
     if out:
         path = Path(out)
-        if _State.test_no > 1:  # a second test from the UI must not overwrite the first one's file
-            path = path.with_name(f"{path.stem}-{_State.test_no}{path.suffix}")
+        if _State.test_no > 1:  # a second test from the UI must not overwrite the first one's files
+            path = path.parent / f"test-{_State.test_no}" / path.name
         summary["metadata"]["locust"]["summary_file"] = _State.summary_file = str(path)
         write_json(path, summary)
+        _write_intervals(str(path), merged)
         logger.info("roombench: summary of test %d written to %s", _State.test_no, path)
     _State.final = summary
     csv_prefix = getattr(environment.parsed_options, "csv_prefix", None)
@@ -509,6 +518,11 @@ def _warn_saturation(gen_meta: dict[str, Any]) -> None:
 
 
 def _summary(environment: Environment, reports: dict[str, Any], final: bool) -> dict[str, Any]:
+    return _merged_summary(environment, reports, final)[0]
+
+
+def _merged_summary(environment: Environment, reports: dict[str, Any],
+                    final: bool) -> tuple[dict[str, Any], ProcessReport]:
     """summary.json's dict from per-process reports (ProcessReport or its JSON), with what
     the UI needs under ``metadata.locust`` (test number, state, notices, workers, series).
     Live, the series comes from the intervals gathered so far (the reports carry none)."""
@@ -543,7 +557,7 @@ def _summary(environment: Environment, reports: dict[str, Any], final: bool) -> 
                      "loop_lag_p99_ms": round(r.loop_lag_p99_ms, 3), "saturated": bool(saturation(r))}
                     for wid, r in sorted(parsed.items())] if len(parsed) > 1 or "local" not in parsed else [],
     }
-    return summary
+    return summary, merged
 
 
 def _live_reports() -> dict[str, Any]:
@@ -627,3 +641,35 @@ def print_options_help() -> None:
                                   "(`locust --help`); in the web UI under Custom parameters.")
     _add_options(parser)
     parser.print_help()
+
+
+# -- interval histograms and live progress (measure.intervals, locust.live) --------------
+
+
+def _write_intervals(summary_out: str, merged: ProcessReport) -> None:
+    """<metric>.hlog and intervals.json beside summary.json."""
+    try:
+        write_files(Path(summary_out).parent, merged.interval_s, merged.intervals)
+    except OSError as exc:
+        logger.error("roombench: cannot write the interval logs: %s", exc)
+
+
+def _attach_live(environment: Environment, gen: Generator) -> None:
+    path = getattr(environment.parsed_options, "live_out", "") if environment.parsed_options else ""
+    if not path:
+        return
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        attach(gen, path, send=lambda snap: runner.send_message("roombench_live", snap))
+    else:
+        attach(gen, path)
+
+
+def _on_worker_live(environment: Environment, msg: Any, **_: Any) -> None:
+    runner = environment.runner
+    path = getattr(environment.parsed_options, "live_out", "")
+    if not path or not isinstance(runner, MasterRunner):
+        return
+    if _State.live is None:
+        _State.live = LiveMaster(path)
+    _State.live.add(str(msg.node_id), msg.data, max(1, runner.worker_count))

@@ -212,7 +212,8 @@ def test_each_test_gets_its_own_file_and_mid_run_edits_are_refused(locust_ui: st
     second = wait_final(locust_ui, test=2)
     assert second["metadata"]["scenario"]["rate"] == 1.0 and not second["metadata"]["locust"]["notices"]
     assert orjson.loads((tmp_path / "summary.json").read_bytes()) == first
-    assert orjson.loads((tmp_path / "summary-2.json").read_bytes()) == second
+    assert orjson.loads((tmp_path / "test-2" / "summary.json").read_bytes()) == second
+    assert (tmp_path / "ack.hlog").exists() and (tmp_path / "test-2" / "ack.hlog").exists()  # each beside its own
     download = requests.get(locust_ui + "/roombench/summary.json", timeout=5)
     assert "attachment" in download.headers["Content-Disposition"] and download.json() == second
 

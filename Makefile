@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := roombench/servers/node
 
-.PHONY: setup setup-servers bench test sweep genbench clean
+.PHONY: setup setup-servers setup-browser bench test sweep genbench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
 bench: setup
 	$(BIN)/roombench run --users 20 --duration 10 --drop-every 5 --slo 'ack.p99<250' --slo 'lost==0'
 
-test: setup setup-servers
+# The browser test drives Debian's chromium through playwright (no playwright browser
+# download: the package's binary is used); it skips, saying so, only where none exists.
+setup-browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: setup setup-servers setup-browser
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 

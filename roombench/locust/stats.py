@@ -19,14 +19,20 @@ class LocustBridge:
     each ``StatsEntry`` (and on ``stats.total``) is what ``StatsEntry.log`` called once per
     sample would do, apart from float summation order. Samples recorded before the bridge
     was created are not shown. Call :meth:`flush` about once a second from a greenlet.
+
+    ``in_total`` names the metrics that also go into Locust's "Aggregated" row (and so its
+    charts); None: all of them. Unlike metrics (acks, deliveries, reconnects) summed into
+    one row make a percentile of nothing, so the users pass only ``{"ack"}``.
     """
 
-    def __init__(self, env: Any, metrics: Metrics, names: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, env: Any, metrics: Metrics, names: dict[str, tuple[str, str]],
+                 in_total: set[str] | None = None) -> None:
         import locust.stats  # lazy: importing locust monkey-patches; summary tools never need it
 
         self.env = env
         self.metrics = metrics
         self.names = dict(names)
+        self.in_total = set(names) if in_total is None else set(in_total)
         fn = locust.stats.bucket_response_time
         is_default = getattr(fn, "__module__", None) == "locust.stats" and fn.__name__ == "bucket_response_time"
         metrics.track_locust(self.names, None if is_default else fn)
@@ -41,7 +47,8 @@ class LocustBridge:
         for metric, agg in aggregates.items():
             request_type, name = self.names[metric]
             _log_aggregate(stats.get(name, request_type), agg, now)
-            _log_aggregate(stats.total, agg, now)
+            if metric in self.in_total:
+                _log_aggregate(stats.total, agg, now)
 
 
 def _touch(entry: Any, n: int, now: float) -> None:

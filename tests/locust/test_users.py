@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import subprocess
 import sys
 import time
@@ -57,4 +59,60 @@ def test_web_ui_shows_the_scenario_and_stats(web_ui: str) -> None:
         stats = requests.get(web_ui + "/stats/requests", timeout=5).json()["stats"]
         names = {(s["method"], s["name"]) for s in stats if s["num_requests"]}
     assert {("ack", "send_message"), ("fanout", "new_message"), ("connect", "socket.io")} <= names
-    requests.get(web_ui + "/stop", timeout=30)
+    requests.post(web_ui + "/stop", timeout=30)  # POST: Locust 2.47's /stop refuses GET
+
+
+def headless(host: str, tmp_path: Path, *extra: str, token: str | None = REF_TOKEN) -> tuple[int, dict[str, Any]]:
+    """A short headless run; its exit code and Locust's CSVs by name (requests: rows by (Type, Name))."""
+    env = {k: v for k, v in os.environ.items() if k != "ROOMBENCH_TOKEN"}
+    if token is not None:
+        env["ROOMBENCH_TOKEN"] = token
+    with open(tmp_path / "locust.log", "wb") as log:
+        proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
+                               "-u", "4", "-r", "50", "-t", "2s", "--room-size", "2", "--rate", "5", "--drain", "1",
+                               "--csv", str(tmp_path / "locust"), "--summary-out", str(tmp_path / "summary.json"),
+                               *extra], stdout=log, stderr=subprocess.STDOUT, env=env, timeout=60)
+    with open(tmp_path / "locust_stats.csv") as f:
+        stats = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+    with open(tmp_path / "locust_failures.csv") as f:
+        failures = list(csv.DictReader(f))
+    return proc.returncode, {"stats": stats, "failures": failures}
+
+
+@pytest.mark.timeout(60)
+def test_lost_messages_are_failures_in_locusts_table(server_factory: Any, tmp_path: Path) -> None:
+    # every 2nd message is not fanned out live and the backfill answers nothing: lost
+    server = server_factory("py", token=REF_TOKEN, faults={"drop_live_every": 2, "backfill_empty": True})
+    code, out = headless(server.url, tmp_path, "--exit-code-on-error", "3")
+    import orjson
+
+    lost = orjson.loads((tmp_path / "summary.json").read_bytes())["delivery"]["lost"]
+    assert lost > 0
+    assert code == 3  # --exit-code-on-error sees them
+    fanout = out["stats"][("fanout", "new_message")]
+    assert int(fanout["Failure Count"]) == lost
+    assert [(f["Method"], f["Name"], int(f["Occurrences"])) for f in out["failures"] if "lost" in f["Error"]] == [
+        ("fanout", "new_message", lost)]
+    # the Aggregated row: acks, plus the failed attempts of every row; no deliveries, no reconnects
+    ack, total = out["stats"][("ack", "send_message")], out["stats"][("", "Aggregated")]
+    failed_elsewhere = sum(int(r["Failure Count"]) for k, r in out["stats"].items() if k not in (("", "Aggregated"),
+                                                                                                ("ack", "send_message")))
+    assert int(total["Request Count"]) == int(ack["Request Count"]) + failed_elsewhere
+    assert (tmp_path / "locust_roombench.csv").read_text().count(f"delivery,lost,{lost}") == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_token_shows_as_connect_failures(ref_server: Any, tmp_path: Path) -> None:
+    code, out = headless(ref_server.url, tmp_path, token=None)
+    connect = out["stats"][("connect", "socket.io")]
+    assert int(connect["Failure Count"]) >= 4  # every user's connect was refused
+    assert code == 1 and any(f["Method"] == "connect" for f in out["failures"])
+
+
+def test_the_locustfile_lists_its_options() -> None:
+    # Locust prints --help before loading a locustfile; the locustfile itself lists roombench's
+    out = subprocess.run([sys.executable, str(LOCUSTFILE), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for option in ("--room-size", "--drop-every", "--server-profile", "--summary-out"):
+        assert option in out.stdout
+    assert "+-50% jitter" in out.stdout and "%%" not in out.stdout

@@ -25,6 +25,18 @@ Ids: with ``opaque_ids`` a message id is any JSON string or number and is never 
 by value; the room high-water mark is the id noted last, ranked by the order ids were
 learned (acks and backfills come in the server's order).
 
+Order with opaque ids: the authority for one sender's messages in a room is the order its
+connection learned their ids (the acks, or the echoes in echo mode, arrive in the order the
+server processed them: TCP keeps it). Each first live delivery is checked against the same
+receiver's previous delivery from the same sender in that room; a pair whose ranks are not
+both known yet waits on the record that lacks one (see :meth:`_check_order`), so a receiver
+that gets a copy before its sender's ack is judged once the ack comes, and never guessed.
+
+Server restarts: :meth:`server_reset` counts one restart per outage (a reset observed by a
+member whose drop began after the previous reset was first observed is a new one) and
+re-bases the room: its high-water mark and every in-flight record's covering ``after`` go
+back to the start, since the restarted server numbers from there again.
+
 Memory stays bounded by what is in flight: a record is retired the moment its ack is
 settled (acked or failed) and no receiver is pending. A short, bounded memory of retired
 records keeps classifying stragglers (a late joiner's copy is "unexpected", a second copy
@@ -105,7 +117,10 @@ _PREV = 5  # room high-water mark at send time, (rank, id): the id is the "after
 _SETTLED = 6  # ack arrived or failed
 _MSG_ID = 7  # server id once known
 _BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
-_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled]
+# opaque ids only (int records stay 9 long: on_sent is the hot path)
+_SRANK = 9  # rank of the sender connection learning its id (ack / echo order), or None
+_CHECKS = 10  # order checks waiting for this record's rank: [(other rec, must_be_before)], or None
+_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled(, srank, checks)]
 
 
 class Ledger:
@@ -118,7 +133,7 @@ class Ledger:
     __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
                  "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
                  "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window", "_opaque", "_rank",
-                 "_start")
+                 "_start", "_srank", "_last_from", "_reset_seen", "_room_reset")
 
     def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW,
                  opaque_ids: bool = False) -> None:
@@ -140,6 +155,12 @@ class Ledger:
         self._sent = self._acked = self._ack_timeouts = self._ack_errors = 0
         self._expected = self._delivered_live = self._recovered = 0
         self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
+        # opaque order: sender-side rank counter; (receiver, room, sender) -> last record delivered
+        self._srank = 0
+        self._last_from: dict[tuple[int, str, int], _Rec] = {}
+        # server restarts: when the last one was first observed, and when each room was re-based
+        self._reset_seen: float | None = None
+        self._room_reset: dict[str, float] = {}
 
     # -- sending side -----------------------------------------------------------------------
 
@@ -155,8 +176,10 @@ class Ledger:
         """
         pending = set(members)
         pending.discard(sender)
-        self._records[temp_id] = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start),
-                                  False, None, None]
+        rec = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start), False, None, None]
+        if self._opaque:
+            rec += [None, None]
+        self._records[temp_id] = rec
         self._sent += 1
         self._expected += len(pending)
 
@@ -169,6 +192,8 @@ class Ledger:
         self._acked += 1
         if msg_id is not None:
             self._note_id(rec, msg_id)
+        if self._opaque:
+            self._rank_by_sender(rec)
         if not rec[_PENDING]:
             self._retire(temp_id, rec)
         return rec[_T]
@@ -228,6 +253,8 @@ class Ledger:
                 self._delivered_live += 1
                 if rec[_MSG_ID] is None and msg_id is not None:
                     self._note_id(rec, msg_id)
+                if self._opaque:
+                    self._follow(receiver, rec)
                 if not pending and rec[_SETTLED]:
                     self._retire(temp_id, rec)
                 return rec[_T]
@@ -262,6 +289,25 @@ class Ledger:
         if not rec[_PENDING] and rec[_SETTLED]:
             self._retire(temp_id, rec)
         return True
+
+    def server_reset(self, room: str, dropped_at: float, t: float) -> bool:
+        """A member that lost its connection at ``dropped_at`` found ``room``'s ids restarted
+        (observed at ``t``); True if this is a restart not counted yet.
+
+        Once per outage, not per member or room: a member whose drop began before the last
+        counted restart was first observed saw that same restart. The room is re-based once
+        per restart (its covering ``after`` ids go back to the start)."""
+        new = self._reset_seen is None or dropped_at > self._reset_seen
+        if new:
+            self._reset_seen = t
+        rebased = self._room_reset.get(room)
+        if rebased is None or dropped_at > rebased:
+            self._room_reset[room] = t
+            self._hwm.pop(room, None)
+            for rec in self._records.values():
+                if rec[_ROOM] == room:
+                    rec[_PREV] = self._start
+        return new
 
     def note_out_of_order(self) -> None:
         """The session saw a lower id after a higher one for one (receiver, room)."""
@@ -303,6 +349,10 @@ class Ledger:
             out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
         )
 
+    def unreceived(self) -> list[tuple[int, str]]:
+        """(receiver, temp_id) of every pair still pending: after the run, what is lost."""
+        return [(r, temp_id) for temp_id, rec in self._records.items() for r in rec[_PENDING]]
+
     def in_flight(self) -> int:
         """Records not yet retired (for memory checks and debugging)."""
         return len(self._records)
@@ -319,6 +369,38 @@ class Ledger:
         rec[_MSG_ID] = msg_id
         if type(msg_id) is int and msg_id > self._hwm.get(rec[_ROOM], self._start)[0]:
             self._hwm[rec[_ROOM]] = (msg_id, msg_id)
+
+    def _rank_by_sender(self, rec: _Rec) -> None:
+        """Opaque ids: the sender's connection learned this id now; judge what waited on it."""
+        if rec[_SRANK] is not None:
+            return
+        self._srank += 1
+        rec[_SRANK] = self._srank
+        checks, rec[_CHECKS] = rec[_CHECKS], None
+        for other, before in checks or ():
+            self._check_order(rec, other, before)
+
+    def _follow(self, receiver: int, rec: _Rec) -> None:
+        """Opaque ids: ``rec`` reached ``receiver`` right after the previous copy from the
+        same sender in that room, so the sender's order must put that one first."""
+        key = (receiver, rec[_ROOM], rec[_SENDER])
+        prev = self._last_from.get(key)
+        self._last_from[key] = rec
+        if prev is not None:
+            self._check_order(prev, rec, True)
+
+    def _check_order(self, a: _Rec, b: _Rec, a_first: bool) -> None:
+        """Judge "``a`` ranks before ``b``" (or after, if not ``a_first``) once both ranks are
+        known; until then the check waits on a record without one. Judged at most once."""
+        ra, rb = a[_SRANK], b[_SRANK]
+        if ra is None or rb is None:
+            waiter, other, first = (a, b, a_first) if ra is None else (b, a, not a_first)
+            if waiter[_CHECKS] is None:
+                waiter[_CHECKS] = []
+            waiter[_CHECKS].append((other, first))
+            return
+        if (ra < rb) != a_first:
+            self._out_of_order += 1
 
     def _classify_extra(self, rec: _Rec, receiver: int) -> None:
         """A live copy for a receiver that is not pending: duplicate, late live, or unexpected."""

@@ -6,9 +6,10 @@ absent, bounded by :data:`MAX_PAGES` and the caller's deadline.
 
 A hostile server cannot grow the generator or stretch the run: a page is read in chunks
 and refused at ``[backfill] max_bytes`` (:class:`BackfillOversize`); items beyond the
-``limit`` asked for are a counted protocol error (``backfill_oversize``) and not merged;
-every request ends by the caller's deadline and by :meth:`BackfillClient.end_by` (the
-generator sets it to the run's end + drain), even against a server that stalls.
+``limit`` asked for are a counted protocol error (``backfill_oversize``), not merged, and
+end the fetch; every request ends by the caller's deadline and by
+:meth:`BackfillClient.end_by` (the generator sets it to the run's end + drain), even
+against a server that stalls.
 """
 
 from __future__ import annotations
@@ -145,11 +146,14 @@ class BackfillClient:
             if time.monotonic() >= deadline:
                 break
             page, nxt = self.page_and_cursor(channel, after, limit, cursor, deadline)
-            if len(page) > limit:  # not ours to merge: a server ignoring limit is broken
+            if len(page) > limit:
+                # a server ignoring limit is broken: the extra items are not merged, and its
+                # paging is not followed further (its next page could be as big, and endless)
                 if self.on_error is not None:
                     self.on_error("backfill_oversize", f"backfill for {channel!r} returned {len(page)} items "
                                   f"for limit={limit}; the extra ones are dropped")
-                del page[limit:]
+                out.extend(page[:limit])
+                break
             out.extend(page)
             if by_cursor:
                 if nxt is None or nxt == "" or not page:

@@ -26,8 +26,9 @@ by value; the room high-water mark is the id noted last, ranked by the order ids
 learned (acks and backfills come in the server's order).
 
 Order with opaque ids: the authority for one sender's messages in a room is the order its
-connection learned their ids (the acks, or the echoes in echo mode, arrive in the order the
-server processed them: TCP keeps it). Each first live delivery is checked against the same
+connection first heard of each (its ack or its own copy, whichever came first: both leave
+the server in the order it processed them, and TCP keeps it; taking the first means a
+server that fans out, then acks after an await of varying length, is still in order). Each first live delivery is checked against the same
 receiver's previous delivery from the same sender in that room; a pair whose ranks are not
 both known yet waits on the record that lacks one (see :meth:`_check_order`), so a receiver
 that gets a copy before its sender's ack is judged once the ack comes, and never guessed.
@@ -234,6 +235,14 @@ class Ledger:
 
     # -- receiving side ---------------------------------------------------------------------
 
+    def on_own_copy(self, temp_id: str) -> None:
+        """The sender's connection got its own copy of ``temp_id`` (callback mode; in echo
+        mode the copy is the ack). Only ranks it for the opaque-id order check."""
+        if self._opaque:
+            rec = self._records.get(temp_id)
+            if rec is not None:
+                self._rank_by_sender(rec)
+
     def sender_of(self, temp_id: Any) -> int | None:
         """The user number that sent ``temp_id`` (in flight or recently retired), else None."""
         rec = self._records.get(temp_id) or self._retired.get(temp_id) or self._retired_old.get(temp_id)
@@ -371,7 +380,7 @@ class Ledger:
             self._hwm[rec[_ROOM]] = (msg_id, msg_id)
 
     def _rank_by_sender(self, rec: _Rec) -> None:
-        """Opaque ids: the sender's connection learned this id now; judge what waited on it."""
+        """Opaque ids: the sender's connection heard of this message now; judge what waited on it."""
         if rec[_SRANK] is not None:
             return
         self._srank += 1

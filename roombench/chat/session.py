@@ -324,6 +324,7 @@ class ChatSession:
             return
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
+            self.gen.ledger.on_own_copy(temp_id)  # opaque ids: ranks it in the sender's order
             return
         del self.unconfirmed[temp_id]
         t0 = self.gen.ledger.on_acked(temp_id, msg_id)

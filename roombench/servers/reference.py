@@ -16,6 +16,7 @@ and it shares no code with the generator (see docs/ARCHITECTURE.md, "servers/").
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -55,8 +56,12 @@ class Faults:
     ``backfill_stall_s``: the REST backfill waits this long before it answers.
     ``backfill_huge_items``: the REST backfill answers its page plus this many made-up
     messages (~105 bytes each, streamed: 1_000_000 is ~100 MB whatever the ``limit``).
-    ``reorder_every``: every message whose id is a multiple of K is fanned out live only
-    after the next message of its channel (each member gets the two in swapped order).
+    ``ack_jitter_ms``: every ``send_message`` ack is held back a random 0..J ms after its
+    fan-out (seeded: the same run twice is the same), so acks of one socket, handled
+    concurrently, leave in another order than their messages were stored and fanned out.
+    ``reorder_every``: every K-th message of each sender in a channel is fanned out live
+    only after that sender's next message there (every member, the sender too, gets
+    the two swapped; the acks stay in order).
     """
 
     drop_live_every: int = 0
@@ -69,12 +74,15 @@ class Faults:
     backfill_stall_s: float = 0.0
     backfill_huge_items: int = 0
     reorder_every: int = 0
+    ack_jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("backfill_huge_items", "reorder_every"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.ack_jitter_ms, (int, float)) or not 0 <= self.ack_jitter_ms <= 60_000:
+            raise ValueError(f"ack_jitter_ms must be a number of ms in 0..60000, got {self.ack_jitter_ms!r}")
         if not isinstance(self.backfill_stall_s, (int, float)) or not 0 <= self.backfill_stall_s <= 3600:
             raise ValueError(f"backfill_stall_s must be a number of seconds in 0..3600, got {self.backfill_stall_s!r}")
         if not isinstance(self.drop_live_every, int) or self.drop_live_every < 0:
@@ -198,8 +206,10 @@ class _LiveHandlers:
         self.token = token
         self.faults = faults
         self.ack_delay = faults.ack_delay_ms / 1000.0
-        # reorder_every: channel -> the message held back until the channel's next one
-        self.held: dict[str, Message] = {}
+        # reorder_every: (channel, sender's sid) -> the message held back until that sender's next one there
+        self.held: dict[tuple[str, str], Message] = {}
+        self.sent_by: dict[tuple[str, str], int] = {}
+        self.jitter = random.Random(0)
         # sid -> user_id; a plain dict is cheaper than get_session() on every event
         self.users: dict[str, str] = {}
         for event in self.EVENTS:
@@ -237,15 +247,17 @@ class _LiveHandlers:
             await self._fan_out(sid, message)
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
+        if self.faults.ack_jitter_ms:
+            await asyncio.sleep(self.jitter.uniform(0, self.faults.ack_jitter_ms) / 1000.0)
         return {"id": message["id"], "temp_id": message["temp_id"]}
 
     async def _fan_out(self, sid: str, message: Message) -> None:
         channel_id = message["channel_id"]
-        if _every(self.faults.reorder_every, message["id"]):
-            self.held[channel_id] = message
+        if self.faults.reorder_every and self._reorders(channel_id, sid):
+            self.held[(channel_id, sid)] = message
         elif not self.faults.drops(message["id"]):
             await self.sio.emit("new_message", message, room=channel_id)
-            held = self.held.pop(channel_id, None)
+            held = self.held.pop((channel_id, sid), None)
             if held is not None:
                 await self.sio.emit("new_message", held, room=channel_id)
             if _every(self.faults.duplicate_every, message["id"]):
@@ -254,6 +266,12 @@ class _LiveHandlers:
                 await self.sio.emit("new_message", "garbage", room=channel_id)
         elif channel_id in self.sio.rooms(sid):
             await self.sio.emit("new_message", message, to=sid)
+
+    def _reorders(self, channel_id: str, sid: str) -> bool:
+        """reorder_every: whether this is the K-th, 2K-th... message of ``sid`` in the channel."""
+        key = (channel_id, sid)
+        n = self.sent_by[key] = self.sent_by.get(key, 0) + 1
+        return n % self.faults.reorder_every == 0
 
     async def typing(self, sid: str, data: Any = None) -> dict[str, str] | None:
         if not _is_str(data, "channel"):

@@ -62,6 +62,10 @@ class Faults:
     ``reorder_every``: every K-th message of each sender in a channel is fanned out live
     only after that sender's next message there (every member, the sender too, gets
     the two swapped; the acks stay in order).
+
+    The last five are the python servers' only: ``reorder_every`` and ``ack_jitter_ms`` need
+    this module's live handlers (py, py-renamed), the backfill ones its
+    ``/channels/{id}/messages`` route (py, ws); node refuses them by name.
     """
 
     drop_live_every: int = 0

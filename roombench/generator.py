@@ -24,10 +24,10 @@ from roombench.chat.ledger import Ledger
 from roombench.measure.metrics import Metrics, add_values, new_histogram, to_micros
 from roombench.measure.report import ProcessReport
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
-from roombench.chat.backfill import BackfillClient
+from roombench.chat.backfill import BackfillClient, error_kind as backfill_error_kind
 from roombench.chat.rooms import RoomRegistry, rooms_for
 from roombench.chat.scenario import Scenario
-from roombench.chat.session import ChatSession, backfill_error_kind
+from roombench.chat.session import ChatSession
 from roombench.chat.signals import SentSignals
 
 logger = logging.getLogger("roombench")

@@ -33,6 +33,11 @@ MAX_PAGES = 1000
 CHUNK = 64 * 1024
 
 
+def error_kind(exc: BackfillError) -> str:
+    """The error counter a failed backfill goes to."""
+    return "backfill_oversize" if isinstance(exc, BackfillOversize) else "backfill_error"
+
+
 def dotted(body: Any, path: str) -> Any:
     """The value at a dotted ``path`` ("data.items") in a JSON body; None where it is absent."""
     for key in path.split("."):

@@ -25,13 +25,8 @@ Ids: with ``opaque_ids`` a message id is any JSON string or number and is never 
 by value; the room high-water mark is the id noted last, ranked by the order ids were
 learned (acks and backfills come in the server's order).
 
-Order with opaque ids: the authority for one sender's messages in a room is the order its
-connection first heard of each (its ack or its own copy, whichever came first: both leave
-the server in the order it processed them, and TCP keeps it; taking the first means a
-server that fans out, then acks after an await of varying length, is still in order). Each first live delivery is checked against the same
-receiver's previous delivery from the same sender in that room; a pair whose ranks are not
-both known yet waits on the record that lacks one (see :meth:`_check_order`), so a receiver
-that gets a copy before its sender's ack is judged once the ack comes, and never guessed.
+Order with opaque ids is judged against the server's order, never by value: see
+:mod:`roombench.chat.order` (each record carries its :data:`~roombench.chat.order.Mark`).
 
 Server restarts: :meth:`server_reset` counts one restart per outage (a reset observed by a
 member whose drop began after the previous reset was first observed is a new one) and
@@ -52,6 +47,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from roombench.chat.order import SenderOrder, new_mark
 
 #: Retired records kept per generation for classifying stragglers (two generations live).
 RETIRED_WINDOW = 16_384
@@ -118,10 +115,8 @@ _PREV = 5  # room high-water mark at send time, (rank, id): the id is the "after
 _SETTLED = 6  # ack arrived or failed
 _MSG_ID = 7  # server id once known
 _BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
-# opaque ids only (int records stay 9 long: on_sent is the hot path)
-_SRANK = 9  # rank of the sender connection learning its id (ack / echo order), or None
-_CHECKS = 10  # order checks waiting for this record's rank: [(other rec, must_be_before)], or None
-_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled(, srank, checks)]
+_MARK = 9  # opaque ids only, its order mark (chat.order); int records stay 9 long (on_sent is hot)
+_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled(, mark)]
 
 
 class Ledger:
@@ -134,7 +129,7 @@ class Ledger:
     __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
                  "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
                  "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window", "_opaque", "_rank",
-                 "_start", "_srank", "_last_from", "_reset_seen", "_room_reset")
+                 "_start", "_order", "_reset_seen", "_room_reset")
 
     def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW,
                  opaque_ids: bool = False) -> None:
@@ -156,9 +151,7 @@ class Ledger:
         self._sent = self._acked = self._ack_timeouts = self._ack_errors = 0
         self._expected = self._delivered_live = self._recovered = 0
         self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
-        # opaque order: sender-side rank counter; (receiver, room, sender) -> last record delivered
-        self._srank = 0
-        self._last_from: dict[tuple[int, str, int], _Rec] = {}
+        self._order = SenderOrder()  # opaque ids only
         # server restarts: when the last one was first observed, and when each room was re-based
         self._reset_seen: float | None = None
         self._room_reset: dict[str, float] = {}
@@ -179,7 +172,7 @@ class Ledger:
         pending.discard(sender)
         rec = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start), False, None, None]
         if self._opaque:
-            rec += [None, None]
+            rec.append(new_mark())
         self._records[temp_id] = rec
         self._sent += 1
         self._expected += len(pending)
@@ -194,7 +187,7 @@ class Ledger:
         if msg_id is not None:
             self._note_id(rec, msg_id)
         if self._opaque:
-            self._rank_by_sender(rec)
+            self._order.heard(rec[_MARK])
         if not rec[_PENDING]:
             self._retire(temp_id, rec)
         return rec[_T]
@@ -241,7 +234,7 @@ class Ledger:
         if self._opaque:
             rec = self._records.get(temp_id)
             if rec is not None:
-                self._rank_by_sender(rec)
+                self._order.heard(rec[_MARK])
 
     def sender_of(self, temp_id: Any) -> int | None:
         """The user number that sent ``temp_id`` (in flight or recently retired), else None."""
@@ -263,7 +256,7 @@ class Ledger:
                 if rec[_MSG_ID] is None and msg_id is not None:
                     self._note_id(rec, msg_id)
                 if self._opaque:
-                    self._follow(receiver, rec)
+                    self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
                 if not pending and rec[_SETTLED]:
                     self._retire(temp_id, rec)
                 return rec[_T]
@@ -355,7 +348,7 @@ class Ledger:
             sent=self._sent, acked=self._acked, ack_timeouts=self._ack_timeouts, ack_errors=self._ack_errors,
             expected=self._expected, delivered_live=self._delivered_live, live_missed=live_missed,
             recovered=self._recovered, lost=live_missed - self._recovered, duplicates=self._duplicates,
-            out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
+            out_of_order=self._out_of_order + self._order.out_of_order, unexpected=self._unexpected, voided=self._voided,
         )
 
     def unreceived(self) -> list[tuple[int, str]]:
@@ -378,38 +371,6 @@ class Ledger:
         rec[_MSG_ID] = msg_id
         if type(msg_id) is int and msg_id > self._hwm.get(rec[_ROOM], self._start)[0]:
             self._hwm[rec[_ROOM]] = (msg_id, msg_id)
-
-    def _rank_by_sender(self, rec: _Rec) -> None:
-        """Opaque ids: the sender's connection heard of this message now; judge what waited on it."""
-        if rec[_SRANK] is not None:
-            return
-        self._srank += 1
-        rec[_SRANK] = self._srank
-        checks, rec[_CHECKS] = rec[_CHECKS], None
-        for other, before in checks or ():
-            self._check_order(rec, other, before)
-
-    def _follow(self, receiver: int, rec: _Rec) -> None:
-        """Opaque ids: ``rec`` reached ``receiver`` right after the previous copy from the
-        same sender in that room, so the sender's order must put that one first."""
-        key = (receiver, rec[_ROOM], rec[_SENDER])
-        prev = self._last_from.get(key)
-        self._last_from[key] = rec
-        if prev is not None:
-            self._check_order(prev, rec, True)
-
-    def _check_order(self, a: _Rec, b: _Rec, a_first: bool) -> None:
-        """Judge "``a`` ranks before ``b``" (or after, if not ``a_first``) once both ranks are
-        known; until then the check waits on a record without one. Judged at most once."""
-        ra, rb = a[_SRANK], b[_SRANK]
-        if ra is None or rb is None:
-            waiter, other, first = (a, b, a_first) if ra is None else (b, a, not a_first)
-            if waiter[_CHECKS] is None:
-                waiter[_CHECKS] = []
-            waiter[_CHECKS].append((other, first))
-            return
-        if (ra < rb) != a_first:
-            self._out_of_order += 1
 
     def _classify_extra(self, rec: _Rec, receiver: int) -> None:
         """A live copy for a receiver that is not pending: duplicate, late live, or unexpected."""

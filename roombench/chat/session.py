@@ -19,10 +19,11 @@ from typing import Any
 import gevent
 import gevent.event
 
+from roombench.chat.backfill import error_kind as backfill_error_kind
 from roombench.chat.context import SessionContext
 from roombench.chat.schedule import OpenLoop, RandomEvery
 from roombench.chat.signals import SentSignals
-from roombench.exceptions import BackfillError, BackfillOversize, ConnectFailed
+from roombench.exceptions import BackfillError, ConnectFailed
 from roombench.transport.base import ReconnectPolicy
 from roombench.transport.registry import make_transport
 
@@ -45,11 +46,6 @@ def _content(size: int) -> str:
 @functools.lru_cache(maxsize=8)
 def _policy(delay: float, delay_max: float) -> ReconnectPolicy:
     return ReconnectPolicy(delay=delay, delay_max=delay_max)
-
-
-def backfill_error_kind(exc: BackfillError) -> str:
-    """The error counter a failed backfill goes to."""
-    return "backfill_oversize" if isinstance(exc, BackfillOversize) else "backfill_error"
 
 
 class ChatSession:

@@ -9,7 +9,8 @@
     │   │   └── HandshakeFailed     the WebSocket upgrade failed (``status``: HTTP status or None)
     │   └── ProtocolError   a frame or packet we cannot parse
     ├── BackfillError       the REST backfill answered 4xx/5xx or malformed JSON (``status``)
-    │   └── BackfillShapeError  JSON, but not a list of messages where the profile says
+    │   ├── BackfillShapeError  JSON, but not a list of messages where the profile says
+    │   └── BackfillOversize    a page larger than ``[backfill] max_bytes`` (read no further)
     ├── ReportError         a process report of an unknown schema, or none to merge
     │   └── ReportMismatch  reports of different runs (scenario, profile, target) merged
     └── ServerError         a server variant would not start or never became ready (``port_taken``)
@@ -77,6 +78,10 @@ class BackfillError(RoombenchError):
 
 class BackfillShapeError(BackfillError):
     """The backfill answered JSON, but not a list of messages under the profile's key."""
+
+
+class BackfillOversize(BackfillError):
+    """A backfill page was larger than the profile's ``[backfill] max_bytes``."""
 
 
 class ReportError(RoombenchError):

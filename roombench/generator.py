@@ -27,7 +27,7 @@ from roombench.measure.metrics import Metrics, add_values, new_histogram, to_mic
 from roombench.measure.report import ProcessReport
 from roombench.measure.storms import StormTracker
 from roombench.wire.profile import DEFAULT_PROFILE, Profile
-from roombench.chat.backfill import BackfillClient
+from roombench.chat.backfill import BackfillClient, error_kind as backfill_error_kind
 from roombench.chat.clock import SendClock, one_loop
 from roombench.chat.rooms import RoomRegistry, rooms_for
 from roombench.chat.scenario import Scenario
@@ -38,6 +38,9 @@ logger = logging.getLogger("roombench")
 
 #: a run with no delivery progress for this long while every user is whole is drained
 QUIET_S = 1.0
+#: most seconds the end-of-run reconciliation may take after the drain (a stalling
+#: backfill server cannot stretch the run further)
+RECONCILE_S = 5.0
 #: event-loop lag probe: how late a greenlet that should wake every LAG_INTERVAL_S wakes
 LAG_INTERVAL_S = 0.05
 
@@ -55,7 +58,7 @@ class Generator:
         self.ledger = Ledger(opaque_ids=profile.opaque_ids)
         self.metrics = Metrics()
         self.registry = RoomRegistry()
-        self.rest = BackfillClient(self.hosts[0], profile, scenario.token or None)
+        self.rest = BackfillClient(self.hosts[0], profile, scenario.token or None, on_error=self.error)
         self.errors: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
         self.counters: Counter[str] = Counter()
@@ -191,8 +194,13 @@ class Generator:
         self.finished = True
         self.stopping = True
         self._t1, self._cpu1 = time.perf_counter(), time.process_time()
+        drain_end = time.monotonic() + self.scenario.drain
+        self.rest.end_by(drain_end)  # a rejoin's backfill ends with the drain
         self._drain(self.scenario.drain)
-        self._reconcile(deadline=time.monotonic() + max(5.0, self.scenario.drain))
+        # the reconciliation: what the drain left, within RECONCILE_S of the drain's end at most
+        deadline = min(time.monotonic() + max(RECONCILE_S, self.scenario.drain), drain_end + RECONCILE_S)
+        self.rest.end_by(deadline)
+        self._reconcile(deadline=deadline)
         pool = gevent.pool.Pool(50)
         for session in list(self.sessions.values()):
             pool.spawn(session.close)
@@ -227,7 +235,7 @@ class Generator:
             try:
                 items = self.rest.after(room, after, deadline)
             except BackfillError as exc:
-                self.error("backfill_error", str(exc))
+                self.error(backfill_error_kind(exc), str(exc))
                 continue
             for m in items:
                 temp_id = m.get(f_temp)

@@ -3,23 +3,39 @@
 Pages by last id (``after`` = the last id of the previous page), or by the server's cursor
 when the profile names one (``[backfill] next``): fetched until the cursor is null or
 absent, bounded by :data:`MAX_PAGES` and the caller's deadline.
+
+A hostile server cannot grow the generator or stretch the run: a page is read in chunks
+and refused at ``[backfill] max_bytes`` (:class:`BackfillOversize`); items beyond the
+``limit`` asked for are a counted protocol error (``backfill_oversize``), not merged, and
+end the fetch; every request ends by the caller's deadline and by
+:meth:`BackfillClient.end_by` (the generator sets it to the run's end + drain), even
+against a server that stalls.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import gevent
 import orjson
 import requests
 
-from roombench.exceptions import BackfillError, BackfillShapeError
+from roombench.exceptions import BackfillError, BackfillOversize, BackfillShapeError
 from roombench.wire.profile import Profile
 
 #: most pages one ``after`` call fetches: a server whose cursor never ends cannot hang us
 MAX_PAGES = 1000
+#: bytes read per chunk of a page body
+CHUNK = 64 * 1024
+
+
+def error_kind(exc: BackfillError) -> str:
+    """The error counter a failed backfill goes to."""
+    return "backfill_oversize" if isinstance(exc, BackfillOversize) else "backfill_error"
 
 
 def dotted(body: Any, path: str) -> Any:
@@ -37,7 +53,8 @@ class BackfillClient:
     Under gevent, ``requests`` is cooperative; a Session keeps connections alive.
     """
 
-    def __init__(self, base_url: str, profile: Profile, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, profile: Profile, token: str | None, timeout: float = 10.0,
+                 on_error: Callable[[str, str], None] | None = None) -> None:
         parts = urlsplit(base_url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.profile = profile
@@ -49,28 +66,35 @@ class BackfillClient:
         self.verify: str | bool = os.environ.get("SSL_CERT_FILE") or True
         headers, self.params = profile.backfill_credentials(token)
         self.http.headers.update(headers)
+        #: counts a protocol error that does not stop the fetch (kind, detail)
+        self.on_error = on_error
+        #: no request runs past this (time.monotonic()); see end_by
+        self.hard_end = float("inf")
+
+    def end_by(self, deadline: float) -> None:
+        """No request runs past ``deadline`` (time.monotonic()), whatever its caller asked."""
+        self.hard_end = deadline
 
     def page(self, channel: str, after: Any, limit: int | None = None) -> list[dict[str, Any]]:
         """One page of messages after ``after``, in the server's order. Raises BackfillError."""
         return self.page_and_cursor(channel, after, limit)[0]
 
     def page_and_cursor(self, channel: str, after: Any, limit: int | None = None,
-                        cursor: Any = "") -> tuple[list[dict[str, Any]], Any]:
-        """One page and the cursor of the next (None: last page, or no cursor paging)."""
+                        cursor: Any = "", deadline: float | None = None) -> tuple[list[dict[str, Any]], Any]:
+        """One page and the cursor of the next (None: last page, or no cursor paging).
+
+        Every item the server sent, even beyond ``limit`` (``check`` judges that; :meth:`after`
+        caps it). Raises BackfillError, BackfillOversize past ``max_bytes``, BackfillError
+        when ``deadline`` (or :meth:`end_by`) passes first."""
         limit = limit or self.profile.backfill_limit
         url = self.base + self.profile.backfill_url.format(
             channel_id=quote(channel, safe=""), after=quote(str(after), safe=""), limit=limit,
             cursor=quote(str(cursor), safe=""))
         if self.params:
             url += ("&" if "?" in url else "?") + urlencode(self.params)
+        content = self._get(url, min(self.hard_end, deadline if deadline is not None else float("inf")))
         try:
-            resp = self.http.get(url, timeout=self.timeout, verify=self.verify)
-        except requests.RequestException as exc:
-            raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
-        if resp.status_code != 200:
-            raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code)
-        try:
-            body = orjson.loads(resp.content)
+            body = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise BackfillError(f"backfill {url} returned malformed JSON") from None
         key = self.profile.backfill_key
@@ -82,6 +106,39 @@ class BackfillClient:
         nxt = dotted(body, self.profile.backfill_next) if self.profile.backfill_next else None
         return items, nxt
 
+    def _get(self, url: str, deadline: float) -> bytes:
+        """The body of a 200 answer, read in chunks up to ``max_bytes`` and by ``deadline``."""
+        left = min(self.timeout, deadline - time.monotonic())
+        if left <= 0:
+            raise BackfillError(f"backfill {url}: no time left before the run's deadline")
+        cap = self.profile.backfill_max_bytes
+        # requests' timeout is per socket read: a server sending a byte at a time would
+        # never trip it, so the whole request also runs under one gevent timeout
+        timer = gevent.Timeout(left)
+        timer.start()
+        try:
+            with self.http.get(url, timeout=left, verify=self.verify, stream=True) as resp:
+                if resp.status_code != 200:
+                    raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code)
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise BackfillOversize(f"backfill {url} announced {int(declared)} bytes, more than "
+                                           f"[backfill] max_bytes = {cap}")
+                body = bytearray()
+                for chunk in resp.iter_content(CHUNK):
+                    body += chunk
+                    if len(body) > cap:
+                        raise BackfillOversize(f"backfill {url} sent more than [backfill] max_bytes = {cap} bytes")
+                return bytes(body)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise BackfillError(f"backfill {url} did not answer within {left:.1f} s (its deadline)") from None
+        except requests.RequestException as exc:
+            raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
+        finally:
+            timer.close()
+
     def after(self, channel: str, after: Any, deadline: float) -> list[dict[str, Any]]:
         """Every message after ``after``, paging until the last page or the deadline."""
         id_field = self.profile.field("id")
@@ -89,10 +146,19 @@ class BackfillClient:
         by_cursor = bool(self.profile.backfill_next)
         out: list[dict[str, Any]] = []
         cursor: Any = ""
+        deadline = min(deadline, self.hard_end)
         for _ in range(MAX_PAGES):
             if time.monotonic() >= deadline:
                 break
-            page, nxt = self.page_and_cursor(channel, after, limit, cursor)
+            page, nxt = self.page_and_cursor(channel, after, limit, cursor, deadline)
+            if len(page) > limit:
+                # a server ignoring limit is broken: the extra items are not merged, and its
+                # paging is not followed further (its next page could be as big, and endless)
+                if self.on_error is not None:
+                    self.on_error("backfill_oversize", f"backfill for {channel!r} returned {len(page)} items "
+                                  f"for limit={limit}; the extra ones are dropped")
+                out.extend(page[:limit])
+                break
             out.extend(page)
             if by_cursor:
                 if nxt is None or nxt == "" or not page:

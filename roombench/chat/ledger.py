@@ -26,6 +26,14 @@ Ids: with ``opaque_ids`` a message id is any JSON string or number and is never 
 by value; the room high-water mark is the id noted last, ranked by the order ids were
 learned (acks and backfills come in the server's order).
 
+Order with opaque ids is judged against the server's order, never by value: see
+:mod:`roombench.chat.order` (each record carries its :data:`~roombench.chat.order.Mark`).
+
+Server restarts: :meth:`server_reset` counts one restart per outage (a reset observed by a
+member whose drop began after the previous reset was first observed is a new one) and
+re-bases the room: its high-water mark and every in-flight record's covering ``after`` go
+back to the start, since the restarted server numbers from there again.
+
 Memory stays bounded by what is in flight: a record is retired the moment its ack is
 settled (acked or failed) and no receiver is pending. A short, bounded memory of retired
 records keeps classifying stragglers (a late joiner's copy is "unexpected", a second copy
@@ -40,6 +48,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from roombench.chat.order import SenderOrder, new_mark
 
 #: Retired records kept per generation for classifying stragglers (two generations live).
 RETIRED_WINDOW = 16_384
@@ -111,7 +121,8 @@ _PREV = 5  # room high-water mark at send time, (rank, id): the id is the "after
 _SETTLED = 6  # ack arrived or failed
 _MSG_ID = 7  # server id once known
 _BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
-_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled]
+_MARK = 9  # opaque ids only, its order mark (chat.order); int records stay 9 long (on_sent is hot)
+_Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled(, mark)]
 
 
 class Ledger:
@@ -124,7 +135,7 @@ class Ledger:
     __slots__ = ("prefix", "_ids", "_records", "_retired", "_retired_old", "_hwm", "_sent", "_acked",
                  "_ack_timeouts", "_ack_errors", "_expected", "_delivered_live", "_recovered",
                  "_duplicates", "_out_of_order", "_unexpected", "_voided", "_retired_window", "_opaque", "_rank",
-                 "_start", "_recovered_replay", "_replay_overlap")
+                 "_start", "_recovered_replay", "_replay_overlap", "_order", "_reset_seen", "_room_reset")
 
     def __init__(self, prefix: str | None = None, *, retired_window: int = RETIRED_WINDOW,
                  opaque_ids: bool = False) -> None:
@@ -147,6 +158,10 @@ class Ledger:
         self._expected = self._delivered_live = self._recovered = 0
         self._duplicates = self._out_of_order = self._unexpected = self._voided = 0
         self._recovered_replay = self._replay_overlap = 0
+        self._order = SenderOrder()  # opaque ids only
+        # server restarts: when the last one was first observed, and when each room was re-based
+        self._reset_seen: float | None = None
+        self._room_reset: dict[str, float] = {}
 
     # -- sending side -----------------------------------------------------------------------
 
@@ -162,8 +177,10 @@ class Ledger:
         """
         pending = set(members)
         pending.discard(sender)
-        self._records[temp_id] = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start),
-                                  False, None, None]
+        rec = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start), False, None, None]
+        if self._opaque:
+            rec.append(new_mark())
+        self._records[temp_id] = rec
         self._sent += 1
         self._expected += len(pending)
 
@@ -176,6 +193,8 @@ class Ledger:
         self._acked += 1
         if msg_id is not None:
             self._note_id(rec, msg_id)
+        if self._opaque:
+            self._order.heard(rec[_MARK])
         if not rec[_PENDING]:
             self._retire(temp_id, rec)
         return rec[_T]
@@ -216,6 +235,14 @@ class Ledger:
 
     # -- receiving side ---------------------------------------------------------------------
 
+    def on_own_copy(self, temp_id: str) -> None:
+        """The sender's connection got its own copy of ``temp_id`` (callback mode; in echo
+        mode the copy is the ack). Only ranks it for the opaque-id order check."""
+        if self._opaque:
+            rec = self._records.get(temp_id)
+            if rec is not None:
+                self._order.heard(rec[_MARK])
+
     def sender_of(self, temp_id: Any) -> int | None:
         """The user number that sent ``temp_id`` (in flight or recently retired), else None."""
         rec = self._records.get(temp_id) or self._retired.get(temp_id) or self._retired_old.get(temp_id)
@@ -235,6 +262,8 @@ class Ledger:
                 self._delivered_live += 1
                 if rec[_MSG_ID] is None and msg_id is not None:
                     self._note_id(rec, msg_id)
+                if self._opaque:
+                    self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
                 if not pending and rec[_SETTLED]:
                     self._retire(temp_id, rec)
                 return rec[_T]
@@ -296,6 +325,25 @@ class Ledger:
         """A backfill returned a message the receiver's recovery replay had already brought."""
         self._replay_overlap += 1
 
+    def server_reset(self, room: str, dropped_at: float, t: float) -> bool:
+        """A member that lost its connection at ``dropped_at`` found ``room``'s ids restarted
+        (observed at ``t``); True if this is a restart not counted yet.
+
+        Once per outage, not per member or room: a member whose drop began before the last
+        counted restart was first observed saw that same restart. The room is re-based once
+        per restart (its covering ``after`` ids go back to the start)."""
+        new = self._reset_seen is None or dropped_at > self._reset_seen
+        if new:
+            self._reset_seen = t
+        rebased = self._room_reset.get(room)
+        if rebased is None or dropped_at > rebased:
+            self._room_reset[room] = t
+            self._hwm.pop(room, None)
+            for rec in self._records.values():
+                if rec[_ROOM] == room:
+                    rec[_PREV] = self._start
+        return new
+
     def note_out_of_order(self) -> None:
         """The session saw a lower id after a higher one for one (receiver, room)."""
         self._out_of_order += 1
@@ -333,7 +381,7 @@ class Ledger:
             sent=self._sent, acked=self._acked, ack_timeouts=self._ack_timeouts, ack_errors=self._ack_errors,
             expected=self._expected, delivered_live=self._delivered_live, live_missed=live_missed,
             recovered=self._recovered, lost=live_missed - self._recovered, duplicates=self._duplicates,
-            out_of_order=self._out_of_order, unexpected=self._unexpected, voided=self._voided,
+            out_of_order=self._out_of_order + self._order.out_of_order, unexpected=self._unexpected, voided=self._voided,
             recovered_replay=self._recovered_replay, recovered_backfill=self._recovered - self._recovered_replay,
             replay_backfill_overlap=self._replay_overlap,
         )
@@ -342,6 +390,10 @@ class Ledger:
         """(intended send time, receivers still pending) of every in-flight message with
         some: after the final reconcile these pairs are the run's ``lost``."""
         return [(rec[_T], len(rec[_PENDING])) for rec in self._records.values() if rec[_PENDING]]
+
+    def unreceived(self) -> list[tuple[int, str]]:
+        """(receiver, temp_id) of every pair still pending: after the run, what is lost."""
+        return [(r, temp_id) for temp_id, rec in self._records.items() for r in rec[_PENDING]]
 
     def in_flight(self) -> int:
         """Records not yet retired (for memory checks and debugging)."""

@@ -19,6 +19,7 @@ from typing import Any
 import gevent
 import gevent.event
 
+from roombench.chat.backfill import error_kind as backfill_error_kind
 from roombench.chat.clock import BATCH
 from roombench.chat.context import SessionContext
 from roombench.chat.schedule import OpenLoop, RandomEvery
@@ -31,6 +32,8 @@ now = time.perf_counter
 
 #: unconfirmed[temp_id] value once the sender saw its own echo (callback mode)
 _ECHOED = -1.0
+#: longest one rejoin's backfill may take (the REST client also ends it by the run's end)
+BACKFILL_S = 10.0
 #: drop times of every session: a Random of its own would cost each user 2.5 KB of state
 _DROP_RNG = random.Random()
 
@@ -55,7 +58,7 @@ class ChatSession:
                  "_closed", "_callback", "_window", "_k", "content", "_ev_send", "_ev_typing", "_ev_read",
                  "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
                  "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport", "_sends", "_drops", "_house", "_tick",
-                 "_replayed", "_recovered_gap")
+                 "_replayed", "_recovered_gap", "_fresh")
 
     def __init__(self, gen: SessionContext, user_no: int) -> None:
         self.gen = gen
@@ -69,6 +72,9 @@ class ChatSession:
         self.gap_start: dict[str, int] = {}
         self.unconfirmed: dict[str, float] = {}  # temp_id -> ack deadline (or _ECHOED)
         self.disconnected_sends: dict[str, str] = {}  # temp_id -> room: fate decided by backfill
+        # room -> when our connection dropped, until the first id of the room on the new
+        # connection: an id below the one we held then means the server restarted
+        self._fresh: dict[str, float] = {}
         self.joined = gevent.event.Event()
         self.t_connect = 0.0
         self.t_drop: float | None = None
@@ -325,6 +331,11 @@ class ChatSession:
             self._note_opaque_id(room, msg_id)
             return
         last = self.last_id.get(room, 0)
+        if self._fresh and room in self._fresh:
+            if msg_id < last:  # the first id after a reconnect went back: a restarted server
+                self._server_restarted(room, msg_id, self._fresh.pop(room))
+                return
+            del self._fresh[room]
         if msg_id > last:
             self.last_id[room] = msg_id
         elif msg_id < last:
@@ -347,6 +358,7 @@ class ChatSession:
             return
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
+            self.gen.ledger.on_own_copy(temp_id)  # opaque ids: ranks it in the sender's order
             return
         del self.unconfirmed[temp_id]
         t0 = self.gen.ledger.on_acked(temp_id, msg_id)
@@ -440,6 +452,8 @@ class ChatSession:
         elif room not in self.last_id:
             last = payload.get(self.gen.profile.field("last_id")) if isinstance(payload, dict) else None
             self.last_id[room] = last if self.gen.profile.is_id(last) else self.gen.profile.no_id
+        elif room in self._fresh:
+            self._check_rejoin(room, payload)
         self.gen.registry.add(room, self.no)
         self._joins_left -= 1
         if self._joins_left:
@@ -453,6 +467,29 @@ class ChatSession:
             self.gen.note_rejoined(self.no, now())  # reconnect storms
             gevent.spawn(self._backfill, epoch)
 
+    def _check_rejoin(self, room: str, payload: Any) -> None:
+        """A rejoin's ``last_id`` below the id we held (or none where we held one) means the
+        server restarted and lost ids. A server that does not say (no dict, no key) tells nothing."""
+        p, f_last = self.gen.profile, self.gen.profile.field("last_id")
+        if not isinstance(payload, dict) or f_last not in payload:
+            return
+        dropped = self._fresh.pop(room)
+        held, last = self.last_id.get(room, p.no_id), payload[f_last]
+        if held == p.no_id or not p.is_id(held):
+            return
+        if last is None or (type(last) is int and type(held) is int and not p.opaque_ids and last < held):
+            self._server_restarted(room, last if p.is_id(last) else p.no_id, dropped)
+
+    def _server_restarted(self, room: str, server_last: Any, dropped: float) -> None:
+        """Re-base ``room`` on the restarted server: its ids are ours from now on, and what we
+        missed is fetched from its start (only what it really lost stays lost); counted once
+        per restart (see Ledger.server_reset)."""
+        gen, t = self.gen, now()
+        if gen.ledger.server_reset(room, dropped, t):
+            gen.counters["server_resets"] += 1
+        self.last_id[room] = server_last
+        self.gap_start[room] = gen.profile.no_id
+
     def on_disconnect(self, reason: str) -> None:
         if self.t_drop is None:  # not forced by us: the server or the network did it
             self.t_drop = now()
@@ -461,6 +498,7 @@ class ChatSession:
         self.epoch += 1
         self.gap_start = dict(self.last_id)
         self._replayed = None
+        self._fresh = dict.fromkeys(self.last_id, self.t_drop)
         if not self._callback:  # echo mode: the transport holds no acks to fail for us
             for temp_id in self.unconfirmed:
                 self.disconnected_sends[temp_id] = ""
@@ -475,9 +513,9 @@ class ChatSession:
         for room in self.rooms:
             try:
                 after = self.gap_start.get(room, gen.profile.no_id)
-                fetched[room] = gen.rest.after(room, after, time.monotonic() + 10.0)
+                fetched[room] = gen.rest.after(room, after, time.monotonic() + BACKFILL_S)
             except BackfillError as exc:
-                gen.error("backfill_error", str(exc))
+                gen.error(backfill_error_kind(exc), str(exc))
         t_merge = now()
         gen.note_backfill(len(self.rooms), sum(len(items) for items in fetched.values()))  # storm backfill load
         self._merge(fetched)

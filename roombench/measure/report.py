@@ -25,6 +25,9 @@ from roombench.measure.metrics import Metrics, add_histogram, new_histogram, per
 
 SCHEMA = "roombench.report/1"
 READABLE = (SCHEMA,)
+#: counters of server events each generator process observes itself (a server restart):
+#: merged by max, since a sum would count one restart once per process
+MAX_COUNTERS = ("server_resets",)
 
 __all__ = ["ProcessReport", "SCHEMA"]
 
@@ -139,6 +142,9 @@ class ProcessReport:
             errors.update(r.errors)
             counters.update(r.counters)
             samples = {**r.error_samples, **samples}  # the first process's sample of a kind wins
+        for key in MAX_COUNTERS:  # a fact every process observes alike: the most any one saw
+            if key in counters:
+                counters[key] = max(r.counters.get(key, 0) for r in reports)
         return cls(
             target=first.target, scenario=first.scenario, profile=first.profile, metrics=metrics, loop_lag=lag,
             ledger=LedgerCounts.sum(r.ledger for r in reports), errors=errors, error_samples=samples,

@@ -83,7 +83,11 @@ def parse_slo(expr: str) -> Slo:
 def _delivery_keys() -> list[str]:
     from roombench.chat.ledger import LedgerCounts
 
-    return [*LedgerCounts().to_dict(), "sends_skipped_offline", "forced_drops"]
+    return [*LedgerCounts().to_dict(), *COUNTED_DELIVERY]
+
+
+#: delivery keys that come from the generator's counters, not the ledger
+COUNTED_DELIVERY = ("sends_skipped_offline", "forced_drops", "server_resets")
 
 
 #: a generator is saturated (its numbers are suspect) past either threshold
@@ -110,7 +114,7 @@ def build_summary(merged: ProcessReport, *, target: str, scenario: dict[str, Any
     metrics = merged.metrics
     wall = merged.wall_s or 1e-9
     delivery = {**merged.ledger.to_dict()}
-    for key in ("sends_skipped_offline", "forced_drops"):
+    for key in COUNTED_DELIVERY:
         delivery[key] = merged.counters.get(key, 0)
     reasons = saturation(merged)
     return {
@@ -240,6 +244,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(storms)
     if recovery := format_recovery(summary):
         lines.append(recovery)
+    if d.get("server_resets"):
+        lines.append(f"server resets: {d['server_resets']} (ids went backwards: the server restarted; rooms were "
+                     "re-based and backfilled from its new history, so lost counts only what it really lost)")
     errors = summary["errors"]
     lines.append("errors: " + ("  ".join(f"{k}={v}" for k, v in sorted(errors.items())) if errors else "none"))
     gen = summary["metadata"]["generator"]

@@ -16,6 +16,7 @@ and it shares no code with the generator (see docs/ARCHITECTURE.md, "servers/").
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -52,6 +53,19 @@ class Faults:
     string) goes to the room.
     ``backfill_status``: the REST backfill answers this HTTP status (e.g. 500) with no body.
     ``backfill_garbage``: the REST backfill answers 200 with a body that is not JSON.
+    ``backfill_stall_s``: the REST backfill waits this long before it answers.
+    ``backfill_huge_items``: the REST backfill answers its page plus this many made-up
+    messages (~105 bytes each, streamed: 1_000_000 is ~100 MB whatever the ``limit``).
+    ``ack_jitter_ms``: every ``send_message`` ack is held back a random 0..J ms after its
+    fan-out (seeded: the same run twice is the same), so acks of one socket, handled
+    concurrently, leave in another order than their messages were stored and fanned out.
+    ``reorder_every``: every K-th message of each sender in a channel is fanned out live
+    only after that sender's next message there (every member, the sender too, gets
+    the two swapped; the acks stay in order).
+
+    The last five are the python servers' only: ``reorder_every`` and ``ack_jitter_ms`` need
+    this module's live handlers (py, py-renamed), the backfill ones its
+    ``/channels/{id}/messages`` route (py, ws); node refuses them by name.
     """
 
     drop_live_every: int = 0
@@ -61,8 +75,20 @@ class Faults:
     garbage_every: int = 0
     backfill_status: int = 0
     backfill_garbage: bool = False
+    backfill_stall_s: float = 0.0
+    backfill_huge_items: int = 0
+    reorder_every: int = 0
+    ack_jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("backfill_huge_items", "reorder_every"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.ack_jitter_ms, (int, float)) or not 0 <= self.ack_jitter_ms <= 60_000:
+            raise ValueError(f"ack_jitter_ms must be a number of ms in 0..60000, got {self.ack_jitter_ms!r}")
+        if not isinstance(self.backfill_stall_s, (int, float)) or not 0 <= self.backfill_stall_s <= 3600:
+            raise ValueError(f"backfill_stall_s must be a number of seconds in 0..3600, got {self.backfill_stall_s!r}")
         if not isinstance(self.drop_live_every, int) or self.drop_live_every < 0:
             raise ValueError(f"drop_live_every must be an int >= 0, got {self.drop_live_every!r}")
         if not isinstance(self.ack_delay_ms, (int, float)) or self.ack_delay_ms < 0:
@@ -184,6 +210,10 @@ class _LiveHandlers:
         self.token = token
         self.faults = faults
         self.ack_delay = faults.ack_delay_ms / 1000.0
+        # reorder_every: (channel, sender's sid) -> the message held back until that sender's next one there
+        self.held: dict[tuple[str, str], Message] = {}
+        self.sent_by: dict[tuple[str, str], int] = {}
+        self.jitter = random.Random(0)
         # sid -> user_id; a plain dict is cheaper than get_session() on every event
         self.users: dict[str, str] = {}
         for event in self.EVENTS:
@@ -221,18 +251,31 @@ class _LiveHandlers:
             await self._fan_out(sid, message)
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)
+        if self.faults.ack_jitter_ms:
+            await asyncio.sleep(self.jitter.uniform(0, self.faults.ack_jitter_ms) / 1000.0)
         return {"id": message["id"], "temp_id": message["temp_id"]}
 
     async def _fan_out(self, sid: str, message: Message) -> None:
         channel_id = message["channel_id"]
-        if not self.faults.drops(message["id"]):
+        if self.faults.reorder_every and self._reorders(channel_id, sid):
+            self.held[(channel_id, sid)] = message
+        elif not self.faults.drops(message["id"]):
             await self.sio.emit("new_message", message, room=channel_id)
+            held = self.held.pop((channel_id, sid), None)
+            if held is not None:
+                await self.sio.emit("new_message", held, room=channel_id)
             if _every(self.faults.duplicate_every, message["id"]):
                 await self.sio.emit("new_message", message, room=channel_id)
             if _every(self.faults.garbage_every, message["id"]):
                 await self.sio.emit("new_message", "garbage", room=channel_id)
         elif channel_id in self.sio.rooms(sid):
             await self.sio.emit("new_message", message, to=sid)
+
+    def _reorders(self, channel_id: str, sid: str) -> bool:
+        """reorder_every: whether this is the K-th, 2K-th... message of ``sid`` in the channel."""
+        key = (channel_id, sid)
+        n = self.sent_by[key] = self.sent_by.get(key, 0) + 1
+        return n % self.faults.reorder_every == 0
 
     async def typing(self, sid: str, data: Any = None) -> dict[str, str] | None:
         if not _is_str(data, "channel"):
@@ -280,6 +323,9 @@ class _RestApp:
             await receive()
             await send({"type": "websocket.close", "code": 1008})
             return
+        if self.faults.backfill_huge_items and self._is_messages(scope) and self._authorized(scope):
+            await self._huge(scope, receive, send)
+            return
         status, body, content_type = await self.route(scope)
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         if status == 405:
@@ -305,9 +351,44 @@ class _RestApp:
             return None
         return _json(405, _error("method not allowed; use GET"))
 
+    def _authorized(self, scope: Scope) -> bool:
+        return self.auth is None or dict(scope["headers"]).get(b"authorization") == self.auth
+
+    @staticmethod
+    def _is_messages(scope: Scope) -> bool:
+        parts = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0].split(b"/")
+        return scope["type"] == "http" and len(parts) == 4 and parts[1] == b"channels" and parts[3] == b"messages"
+
+    async def _huge(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Fault backfill_huge_items: the real page, then that many made-up messages,
+        streamed in chunks until done or the client goes away."""
+        await receive()  # the (empty) request body; the next receive() is the disconnect
+        gone = asyncio.ensure_future(receive())
+        status, page, _ = await self.route(scope)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
+        try:
+            if status != 200:
+                await send({"type": "http.response.body", "body": page})
+                return
+            await send({"type": "http.response.body", "body": page[:-1], "more_body": True})
+            n, block = self.faults.backfill_huge_items, 10_000
+            sep = b"," if page != b"[]" else b""
+            for start in range(0, n, block):
+                if gone.done():
+                    return
+                junk = [{"id": 10**12 + i, "channel_id": "junk", "sender_id": "junk", "content": "x",
+                         "temp_id": f"junk-{i}", "ts": 0.0} for i in range(start, min(n, start + block))]
+                await send({"type": "http.response.body", "body": sep + orjson.dumps(junk)[1:-1], "more_body": True})
+                sep = b","
+                await asyncio.sleep(0)
+            await send({"type": "http.response.body", "body": b"]"})
+        finally:
+            gone.cancel()
+
     async def messages(self, scope: Scope, channel_id: str) -> tuple[int, bytes, bytes]:
         """The backfill: messages with id > after, in id order, at most limit."""
-        if self.auth is not None and dict(scope["headers"]).get(b"authorization") != self.auth:
+        if not self._authorized(scope):
             return _json(401, _error("missing or invalid bearer token"))
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
@@ -317,6 +398,8 @@ class _RestApp:
                 raise _BadRequest("after must be >= 0 and limit >= 1")
         except _BadRequest as exc:
             return _json(400, _error(str(exc)))
+        if self.faults.backfill_stall_s:
+            await asyncio.sleep(self.faults.backfill_stall_s)
         if self.faults.backfill_status:
             return self.faults.backfill_status, b"", b"text/plain"
         if self.faults.backfill_garbage:

@@ -119,6 +119,8 @@ class Profile:
     backfill_headers: dict[str, str] = dc_field(default_factory=dict)
     #: dotted path to the next page's cursor in a backfill answer ("" = page by last id)
     backfill_next: str = ""
+    #: most bytes one backfill page may have: a larger answer is refused, read no further
+    backfill_max_bytes: int = 8 * 1024 * 1024
     #: the file this profile was loaded from ("" for the built-in default)
     source: str = ""
 
@@ -209,7 +211,7 @@ _TOP: dict[str, type] = {
     "token_name": str, "token_value": str, "id_order": str, "ts_unit": str, "events": dict, "fields": dict, "backfill": dict,
 }
 _BACKFILL: dict[str, type] = {"url": str, "key": str, "limit": int, "auth": str, "auth_name": str, "auth_value": str,
-                               "headers": dict, "next": str}
+                               "headers": dict, "next": str, "max_bytes": int}
 _CHOICES: dict[str, tuple[str, ...]] = {"ack_mode": ("callback", "echo"), "token_in": ("auth", "query", "header"),
                                         "id_order": ("int", "opaque"), "ts_unit": ("s", "ms"),
                                         "auth": ("header", "query", "none")}
@@ -290,6 +292,7 @@ class _Reader:
             backfill_auth_value=backfill.get("auth_value", d.backfill_auth_value),
             backfill_headers=self.headers(backfill.get("headers", {})),
             backfill_next=backfill.get("next", d.backfill_next),
+            backfill_max_bytes=self.max_bytes(backfill.get("max_bytes", d.backfill_max_bytes)),
             source=str(self.path),
         )
         self.unique(profile)
@@ -363,6 +366,11 @@ class _Reader:
     def limit(self, value: int) -> int:
         if value < 1:
             raise self.fail(f"backfill.limit must be >= 1, got {value}")
+        return value
+
+    def max_bytes(self, value: int) -> int:
+        if value < 1024:
+            raise self.fail(f"backfill.max_bytes must be >= 1024, got {value}")
         return value
 
     def unique(self, p: Profile) -> None:

@@ -224,6 +224,54 @@ def test_backfill_empty_and_ack_delay_faults(
     assert (response.status_code, response.json()) == (200, [])
 
 
+def test_reorder_every_swaps_a_senders_kth_message_with_its_next(
+    server_factory: Callable[..., ServerProcess], peers: Callable[..., Peer]
+) -> None:
+    server = server_factory(token=TOKEN, faults={"reorder_every": 2})
+    alice, bob = peers("alice", server=server), peers("bob", server=server)
+    for peer in (alice, bob):
+        peer.call("join", {"room": "r"})
+    assert [ack["id"] for ack in send(alice, "r", 5)] == [1, 2, 3, 4, 5]  # acks in order
+    wait_for(lambda: len(bob.ids()) == 5 and len(alice.ids()) == 5)
+    assert bob.ids() == alice.ids() == [1, 3, 2, 5, 4]
+
+
+def test_backfill_stall_and_huge_faults(server_factory: Callable[..., ServerProcess],
+                                        peers: Callable[..., Peer]) -> None:
+    server = server_factory(token=TOKEN, faults={"backfill_stall_s": 0.4, "backfill_huge_items": 2500})
+    peer = peers("p", server=server)
+    peer.call("join", {"room": "r"})
+    send(peer, "r", 2)
+    started = time.monotonic()
+    response = backfill(server, "r", "?limit=1")
+    assert time.monotonic() - started >= 0.4
+    items = response.json()  # streamed in blocks, still one valid JSON list
+    assert response.status_code == 200 and len(items) == 1 + 2500
+    assert items[0]["temp_id"] == "t1" and items[-1]["temp_id"] == "junk-2499"
+    assert backfill(server, "r", headers={}).status_code == 401  # the token is still checked
+
+
+def test_ack_jitter_reorders_acks_of_one_socket(server_factory: Callable[..., ServerProcess],
+                                                 peers: Callable[..., Peer]) -> None:
+    server = server_factory(token=TOKEN, faults={"ack_jitter_ms": 300.0})
+    peer = peers("p", server=server)
+    peer.call("join", {"room": "r"})
+    order: list[int] = []
+    for i in range(1, 9):
+        peer.client.emit("send_message", {"channel_id": "r", "content": "x", "temp_id": f"t{i}"},
+                         callback=lambda ack: order.append(ack["id"]))
+    wait_for(lambda: len(order) == 8 and len(peer.ids()) == 8)
+    assert peer.ids() == list(range(1, 9))  # fanned out in the order stored
+    assert order != sorted(order)  # acks handled concurrently, answered out of that order
+
+
+@pytest.mark.parametrize("faults", [{"backfill_huge_items": -1}, {"reorder_every": 1.5},
+                                    {"backfill_stall_s": -1}, {"ack_jitter_ms": "x"}])
+def test_new_faults_are_checked(faults: dict[str, Any]) -> None:
+    with pytest.raises(UsageError, match="bad faults"):
+        start_server("py", faults=faults)
+
+
 def test_stop_leaves_no_process() -> None:
     server = start_server("py")
     pid = server.pid

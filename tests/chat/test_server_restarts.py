@@ -1,0 +1,162 @@
+"""Issue 10 point 4: a server restarted mid-run (ids start again) is re-based, not misreported.
+
+Real servers on loopback, restarted on the same port while the generator runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import gevent
+import pytest
+
+from roombench.chat.backfill import BackfillClient
+from roombench.chat.scenario import Scenario
+from roombench.generator import Generator, run_report
+from roombench.measure.report import ProcessReport
+from roombench.servers import ServerProcess, start_server
+from roombench.servers.process import free_port
+from roombench.servers.variants import SERVER_TOKEN_ENV
+from roombench.wire.profile import DEFAULT_PROFILE, Profile
+
+from tests.helpers import REF_TOKEN, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+# no typing / read receipts: they have nothing to do with ids; fast reconnects
+RESTART = Scenario(token=REF_TOKEN, rate=10.0, room_size=4, typing_every=0, read_every=0,
+                   reconnect_delay=0.1, reconnect_delay_max=0.3, drain=3.0, ack_timeout=2.0)
+
+
+def _run_around(url: str, restart: Any, users: int = 4, duration: float = 4.0, at: float = 1.5,
+                profile: Profile = DEFAULT_PROFILE) -> tuple[Generator, ProcessReport]:
+    """Run the generator ``duration`` s against ``url``, calling ``restart()`` at ``at`` s."""
+    gen = Generator(url, RESTART, profile)
+    run = gevent.spawn(run_report, gen, users, duration)
+    gevent.sleep(at)
+    restart()
+    return gen, run.get(timeout=duration + 30)
+
+
+def _held(url: str, gen: Generator) -> set[str]:
+    """Every temp_id the (restarted) server holds in the run's rooms."""
+    rest = BackfillClient(url, DEFAULT_PROFILE, REF_TOKEN)
+    rooms = {room for no in gen.sessions for room in gen.rooms_for(no)}
+    try:
+        return {m["temp_id"] for room in rooms for m in rest.after(room, 0, time.monotonic() + 5)}
+    finally:
+        rest.close()
+
+
+@pytest.mark.parametrize("join_ack", [True, False])
+def test_py_restarted_on_its_port_loses_only_what_it_lost(join_ack: bool) -> None:
+    # the first server drops every 4th live delivery: those (sent before the restart, never
+    # backfilled during the run) are really gone with it; what the restarted server holds is not.
+    # Without join acks the first live id after the reconnect tells of the restart.
+    port = free_port()
+    servers: list[ServerProcess] = [start_server("py", port=port, token=REF_TOKEN, faults={"drop_live_every": 4})]
+
+    def restart() -> None:
+        servers[0].stop()
+        gevent.sleep(0.5)
+        servers.append(start_server("py", port=port, token=REF_TOKEN))
+
+    try:
+        gen, report = _run_around(servers[0].url, restart, profile=replace(DEFAULT_PROFILE, join_ack=join_ack))
+        held = _held(servers[-1].url, gen)
+    finally:
+        for server in servers:
+            server.stop()
+    c = report.ledger
+    assert len(servers) == 2 and held  # the restarted server got messages
+    assert report.counters["server_resets"] == 1  # once for the restart, not per user or room
+    assert c.out_of_order == 0  # ids starting again are no disorder
+    lost = gen.ledger.unreceived()
+    assert len(lost) == c.lost > 0  # the first server's dropped deliveries
+    assert not {temp_id for _, temp_id in lost} & held  # nothing the restarted server has
+    assert c.recovered > 0 and c.delivered_live + c.recovered + c.lost == c.expected
+
+
+def test_restart_counts_once_per_outage_in_the_ledger() -> None:
+    from roombench.chat.ledger import Ledger
+
+    ledger = Ledger("p-")
+    ledger.on_sent("p-1", "r", 0, frozenset({0, 1}), 0.0)
+    ledger.on_acked("p-1", 7)
+    ledger.on_sent("p-2", "r", 0, frozenset({0, 1}), 0.0)
+    assert ledger.missing() == {(1, "r"): 0}
+    ledger.on_acked("p-2", 8)
+    assert ledger.server_reset("r", dropped_at=10.0, t=11.0)  # first member after the restart
+    assert not ledger.server_reset("r", dropped_at=10.1, t=11.2)  # another member, same outage
+    assert not ledger.server_reset("s", dropped_at=10.0, t=11.3)  # another room, same outage
+    ledger.on_sent("p-3", "r", 0, frozenset({0, 1}), 12.0)
+    assert ledger.missing() == {(1, "r"): 0}  # re-based: covering fetches start from the new server's start
+    assert ledger.server_reset("r", dropped_at=12.0, t=13.0)  # a drop after that: a new restart
+
+
+def _respawn(argv: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, **{SERVER_TOKEN_ENV: REF_TOKEN})
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
+def test_py_redis_restarted_with_redis_up_loses_nothing() -> None:
+    import requests
+
+    server = start_server("py-redis", token=REF_TOKEN)
+    respawned: list[subprocess.Popen] = []
+
+    def restart() -> None:  # both uvicorn processes die; redis, with every message, stays
+        for pid in server.pids[:2]:
+            os.kill(pid, signal.SIGKILL)
+        gevent.sleep(0.3)
+        for url in server.urls:
+            port = url.rsplit(":", 1)[1]
+            respawned.append(_respawn([sys.executable, "-m", "roombench.servers", "py-redis", "--host", "127.0.0.1",
+                                       "--port", port, "--redis", server.redis_url or ""]))
+        for url in server.urls:
+            assert wait_until(lambda: _healthy(requests, url), timeout=10)
+
+    try:
+        gen, report = _run_around(server.url, restart)
+    finally:
+        for proc in respawned:
+            proc.send_signal(signal.SIGTERM)
+        for proc in respawned:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        server.stop()
+    c = report.ledger
+    assert report.errors["disconnected"] >= 4  # every user lost its connection
+    assert report.counters["server_resets"] == 0  # the ids went on: no reset
+    assert (c.lost, c.out_of_order, c.duplicates) == (0, 0, 0)
+    assert c.delivered_live + c.recovered == c.expected and c.recovered > 0
+
+
+def _healthy(requests: Any, url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_summary_shows_server_resets(ref_server: Any) -> None:
+    from roombench.measure.summary import build_summary, format_table
+
+    report = run_report(Generator(ref_server.url, replace(RESTART, room_size=2)), 2, 0.5)
+    report.counters["server_resets"] = 2
+    twice = ProcessReport.merge([report, report])
+    summary = build_summary(twice, target=ref_server.url, scenario={})
+    assert summary["delivery"]["server_resets"] == 2  # seen by both processes: still 2 restarts
+    assert "server resets: 2" in format_table(summary)

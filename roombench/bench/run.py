@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ class RunOptions:
     #: (loaded at construction; None: the contract's names). The caller folds its ack_mode
     #: into scenario.ack (Profile.ack_for) unless the user chose an ack.
     profile: Profile | str | None = None
+    #: live status line while the child runs (bench.progress); None: unless quiet
+    progress: bool | None = None
+    #: prefix of the status line (a sweep's step)
+    label: str = ""
+    #: stop early once an SLO can no longer be met (bench.abort)
+    abort_on_fail: bool = False
+    #: --baseline/--fail-on/--junit/--markdown, done after summary.json is written (bench.ciout)
+    ci: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
@@ -113,6 +122,8 @@ def run(opts: RunOptions) -> int:
     """Run once; exit code 0 (SLOs hold), 1 (an SLO failed). Raises RoombenchError."""
     opts.validate()
     slos = [parse_slo(s) for s in opts.slos]
+    if opts.ci is not None:
+        opts.ci.validate()  # bad --fail-on / --baseline: before anything starts
     run_id = new_run_id()
     out = opts.out or Path("results") / run_id
     out.mkdir(parents=True, exist_ok=True)
@@ -130,22 +141,31 @@ def run(opts: RunOptions) -> int:
         from roombench.transport.probe import preflight  # gevent only when a run starts
         for one in host.split(","):
             preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
-        summary = _run_locust(opts, host, out, scenario)
+        from roombench.bench.progress import make_watch
+
+        watch = make_watch(opts, out, scenario, slos)
+        try:
+            summary = _run_locust(opts, host, out, scenario, watch)
+        finally:
+            watch.close()
     finally:
         if server is not None:
             server.stop()
     summary["metadata"]["run_id"] = run_id
     summary["metadata"]["embedded_server"] = server is not None
     summary["metadata"]["load"] = {"users": opts.users, "spawn_rate": opts.spawn_rate, "duration_s": opts.duration}
-    ok = apply_slos(summary, slos)
+    ok = apply_slos(summary, slos) and watch.mark(summary)
     write_json(out / "summary.json", summary)
     if not opts.quiet:
         print(format_table(summary))
         print(f"results: {out}")
+    if opts.ci is not None:
+        ok = opts.ci.finish(out, summary, quiet=opts.quiet) and ok
     return 0 if ok else 1
 
 
-def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> dict[str, Any]:
+def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario,
+                on_tick: Callable[[], bool] | None = None) -> dict[str, Any]:
     cmd = locust_command(opts, host, out, scenario)
     if not opts.quiet:
         print(f"roombench: {opts.users} users x {scenario.rate} msg/s for {opts.duration:g} s against {host}", flush=True)
@@ -153,7 +173,7 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> d
     with open(out / "locust.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
         try:
-            proc.wait(timeout=limit)
+            _wait_ticking(proc, limit, on_tick)
         except KeyboardInterrupt:
             # Locust got the same SIGINT: it stops, drains and writes what it measured.
             _wait_or_kill(proc, 30)
@@ -165,6 +185,22 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario) -> d
         tail = (out / "locust.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RoombenchError(f"locust exited with code {proc.returncode} and wrote no summary: {tail[0]} (see {out}/locust.log)")
     return load_summary(path)
+
+
+def _wait_ticking(proc: subprocess.Popen[bytes], limit: float, on_tick: Callable[[], bool] | None) -> None:
+    """Wait for the child, calling ``on_tick`` about once a second; when it returns True, stop
+    the child with SIGINT (Locust then drains and writes what it measured) and keep waiting."""
+    deadline, stopping = time.monotonic() + limit, False
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        if on_tick is not None and on_tick() and not stopping:
+            stopping = True
+            proc.send_signal(signal.SIGINT)
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:

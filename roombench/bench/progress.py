@@ -41,7 +41,8 @@ def format_status(live: dict[str, Any] | None, elapsed: float, total_s: float) -
     """elapsed / remaining, users connected, acks/s, last interval's p99s, lost so far, saturation."""
     if live is not None:
         elapsed = float(live.get("elapsed_s", elapsed))
-    parts = [f"{elapsed:4.0f}/{total_s:.0f} s ({max(total_s - elapsed, 0):.0f} s left)"]
+    left = f"{total_s - elapsed:.0f} s left" if elapsed < total_s else "draining"
+    parts = [f"{elapsed:4.0f}/{total_s:.0f} s ({left})"]
     if live is None:
         return parts[0] + "  starting"
     iv = live.get("interval") or {}

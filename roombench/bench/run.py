@@ -106,7 +106,7 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
         sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
         "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{math.ceil(opts.duration + scenario.warmup)}s",
         "--host", host, "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
-        "--summary-out", str(out / "summary.json"),
+        "--summary-out", str(out / "summary.json"), "--live-out", str(out / "live.json"),
     ]
     if opts.processes > 1:
         cmd += ["--processes", str(opts.processes)]

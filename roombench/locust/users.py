@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -35,9 +36,11 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from roombench.exceptions import RoombenchError
 from roombench.generator import Generator
+from roombench.locust.live import LiveMaster, attach
 from roombench.locust.stats import LocustBridge, log_failures
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, ack_follows_profile, load_profile
 from roombench.chat.scenario import Scenario, add_arguments
+from roombench.measure.intervals import write_files
 from roombench.measure.report import ProcessReport
 from roombench.measure.summary import build_summary, write_json
 
@@ -66,6 +69,8 @@ class _State:
     failures_logged = 0
     #: master only: the workers' reports of the current run
     reports: list[dict[str, Any]] = []
+    #: master only, with --live-out: the workers' live snapshots
+    live: LiveMaster | None = None
 
 
 def current_generator(environment: Environment) -> Generator:
@@ -104,7 +109,9 @@ def _add_options(parser: Any, **_: Any) -> None:
     parser.add_argument("--server-profile", default="", include_in_web_ui=True, metavar="FILE",
                         help="profile TOML naming the server's events, fields, path, namespace, token placement "
                         "and backfill URL (a path or a shipped profile's name); empty: the contract's names")
-    parser.add_argument("--summary-out", default="", help="write roombench's summary.json here at test stop")
+    parser.add_argument("--summary-out", default="", help="write roombench's summary.json here at test stop "
+                        "(and beside it the interval histograms: <metric>.hlog, intervals.json)")
+    parser.add_argument("--live-out", default="", help="rewrite this live.json (progress) every interval")
 
 
 def _scenario_and_profile(environment: Environment) -> tuple[Scenario, Profile]:
@@ -125,6 +132,7 @@ def _start_generator(environment: Environment) -> None:
     _State.failures_logged = 0
     _State.bridge = LocustBridge(environment, _State.gen.metrics, STAT_NAMES)
     _State.bridge_loop = gevent.spawn(_bridge_loop, environment, _State.gen, _State.bridge)
+    _attach_live(environment, _State.gen)
 
 
 def _bridge_loop(environment: Environment, gen: Generator, bridge: LocustBridge) -> None:
@@ -147,6 +155,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         runner.register_message("roombench_report", _on_worker_report)
+        runner.register_message("roombench_live", _on_worker_live)
     elif isinstance(runner, WorkerRunner):
         runner.register_message("roombench_finish", _on_finish_request, concurrent=True)
 
@@ -179,6 +188,7 @@ def _collect_reports(runner: MasterRunner, timeout: float) -> None:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         _State.reports = []
+        _State.live = None
         return
     try:
         _start_generator(environment)
@@ -235,3 +245,36 @@ def _write_summary(environment: Environment, reports: list[dict[str, Any]]) -> N
     summary = build_summary(merged, target=environment.host or "", scenario=scenario.to_dict(),
                             extra={"profile": profile.to_dict()})
     write_json(out, summary)
+    _write_intervals(out, merged)
+
+
+# -- interval histograms and live progress (measure.intervals, locust.live) --------------
+
+
+def _write_intervals(summary_out: str, merged: ProcessReport) -> None:
+    """<metric>.hlog and intervals.json beside summary.json."""
+    try:
+        write_files(Path(summary_out).parent, merged.interval_s, merged.intervals)
+    except OSError as exc:
+        logger.error("roombench: cannot write the interval logs: %s", exc)
+
+
+def _attach_live(environment: Environment, gen: Generator) -> None:
+    path = getattr(environment.parsed_options, "live_out", "") if environment.parsed_options else ""
+    if not path:
+        return
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        attach(gen, path, send=lambda snap: runner.send_message("roombench_live", snap))
+    else:
+        attach(gen, path)
+
+
+def _on_worker_live(environment: Environment, msg: Any, **_: Any) -> None:
+    runner = environment.runner
+    path = getattr(environment.parsed_options, "live_out", "")
+    if not path or not isinstance(runner, MasterRunner):
+        return
+    if _State.live is None:
+        _State.live = LiveMaster(path)
+    _State.live.add(str(msg.node_id), msg.data, max(1, runner.worker_count))

@@ -37,21 +37,32 @@ def _ms(v: Any) -> str:
     return f"{v:.3g} ms" if isinstance(v, (int, float)) else "-"
 
 
+def live_elapsed(live: dict[str, Any], path: Path | None = None) -> float:
+    """Seconds since the test started: the snapshot's, plus its age (it is written once per interval)."""
+    elapsed = float(live.get("elapsed_s", 0.0))
+    if path is not None:
+        try:
+            elapsed += max(0.0, time.time() - path.stat().st_mtime)
+        except OSError:
+            pass
+    return elapsed
+
+
 def format_status(live: dict[str, Any] | None, elapsed: float, total_s: float) -> str:
-    """elapsed / remaining, users connected, acks/s, last interval's p99s, lost so far, saturation."""
-    if live is not None:
-        elapsed = float(live.get("elapsed_s", elapsed))
-    left = f"{total_s - elapsed:.0f} s left" if elapsed < total_s else "draining"
-    parts = [f"{elapsed:4.0f}/{total_s:.0f} s ({left})"]
+    """elapsed / remaining, users connected, acks/s, last interval's p99s, lost so far, saturation.
+    "lost so far" is live.json's ``overdue``: pairs still missing past the ack timeout (its
+    ``totals.lost`` also counts every message in flight)."""
     if live is None:
-        return parts[0] + "  starting"
+        return "starting"
+    left = f"{total_s - elapsed:.0f} s left" if elapsed < total_s else "draining"
     iv = live.get("interval") or {}
     p99 = iv.get("p99_ms") or {}
-    totals = live.get("totals") or {}
-    parts += [f"users {live.get('connected', '-')}/{live.get('users', '-')} connected",
-              f"{iv.get('acks_per_s', 0):.0f} acks/s",
-              f"p99 ack {_ms(p99.get('ack'))} fan-out {_ms(p99.get('fanout'))}",
-              f"lost so far {totals.get('lost', 0)}"]
+    lost = live.get("overdue", (live.get("totals") or {}).get("lost", 0))
+    parts = [f"{elapsed:4.0f}/{total_s:.0f} s ({left})",
+             f"users {live.get('connected', '-')}/{live.get('users', '-')} connected",
+             f"{iv.get('acks_per_s', 0):.0f} acks/s",
+             f"p99 ack {_ms(p99.get('ack'))} fan-out {_ms(p99.get('fanout'))}",
+             f"lost so far {lost}"]
     if live.get("saturated"):
         parts.append(f"WARNING generator saturated (loop lag p99 {_ms(live.get('loop_lag_p99_ms'))})")
     return "  ".join(parts)
@@ -83,7 +94,7 @@ class StatusLine:
                 self.live = Live(Text(line), console=self.console, auto_refresh=False, transient=False)
                 self.live.start()
             self.live.update(Text(line, overflow="ellipsis", no_wrap=True), refresh=True)
-        elif elapsed - self.last_plain >= self.every_s:
+        elif live is not None and elapsed - self.last_plain >= self.every_s:
             self.last_plain = elapsed
             print("progress: " + line, file=self.console.file, flush=True)
 
@@ -106,7 +117,7 @@ class RunWatch:
         """One tick; True once the run should stop (an SLO can no longer be met)."""
         live = read_live(self.path)
         if self.status is not None:
-            self.status.show(live, time.monotonic() - self.t0)
+            self.status.show(live, live_elapsed(live, self.path) if live is not None else 0.0)
         if self.abort is not None and live is not None and not self.stopping and self.abort.update(live):
             self.stopping = True
             self.close()

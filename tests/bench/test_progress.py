@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from roombench.bench.progress import format_status, read_live
+from roombench.bench.progress import format_status, live_elapsed, read_live
 
 SMALL = ["--users", "4", "--spawn-rate", "50", "--duration", "3", "--room-size", "2", "--rate", "5", "--drain", "2"]
 CLI = [sys.executable, "-m", "roombench.cli", "run"]
@@ -77,12 +77,15 @@ def test_status_text_from_a_live_snapshot(tmp_path: Path) -> None:
     assert read_live(path) is None
     path.write_text('{"schema": "roombench.live/1", "elapsed_s": 12.4, "users": 20, "connected": 19, '
                     '"interval": {"start": 1, "length": 1.0, "acks_per_s": 95.2, "deliveries_per_s": 800, '
-                    '"p99_ms": {"ack": 3.14159, "fanout": null}}, "totals": {"lost": 2}, "saturated": true, '
+                    '"p99_ms": {"ack": 3.14159, "fanout": null}}, "totals": {"lost": 9}, "overdue": 2, "saturated": true, '
                     '"loop_lag_p99_ms": 31.5}')
-    line = format_status(read_live(path), 0.0, 60)
+    live = read_live(path)
+    assert live is not None and 12.4 <= live_elapsed(live, path) < 14
+    line = format_status(live, 12.4, 60)
     for part in ("12/60 s (48 s left)", "users 19/20 connected", "95 acks/s", "p99 ack 3.14 ms fan-out -",
                  "lost so far 2", "WARNING generator saturated (loop lag p99 31.5 ms)"):
         assert part in line, (part, line)
     path.write_text("{half a fi")
     assert read_live(path) is None
-    assert "starting" in format_status(None, 2.0, 10)
+    assert format_status(None, 0.0, 10) == "starting"
+    assert "(draining)" in format_status(live, 61, 60)

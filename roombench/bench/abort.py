@@ -9,10 +9,11 @@ live.json (written by the Locust child every interval) we can prove:
 * **A latency percentile bound** ``ack.p99<L`` (p50 .. p99.9, max): a sample over L never goes
   away, and the run can record at most N_max samples (the open loop's intended sends:
   users x (rate x run seconds + 2), times room_size for fan-out). The final pXX exceeds L
-  once more than (1 - XX/100) x N_max samples are known to exceed it. Known exceedances,
-  a lower bound: each interval whose p99 is over L has at least its top 1% over L (and at
-  least one sample); with no warm-up, every ack timeout is recorded at >= the timeout, so if
-  the timeout is over L each one exceeds it too. A closed loop (``--window``) has no N_max:
+  once more than (1 - XX/100) x N_max samples are known to exceed it. Known exceedances, a
+  lower bound: per interval after the warm-up, the samples in HDR buckets wholly over L (live.json
+  carries each interval's ack and fan-out histograms; from an older child only its p99: then
+  at least its top 1%); with no warm-up, every ack timeout is recorded at >= the timeout, so if
+  the timeout is over L each one exceeds it too (the larger of the two counts). A closed loop (``--window``) has no N_max:
   its latency gates are not aborted on.
 * **Not ``lost``**: a message is only lost for good after the end-of-run reconcile (it fetches
   every gap over REST); ``lost`` so far counts messages still in flight or awaiting recovery,
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from hdrh.histogram import HdrHistogram
 
 from roombench.measure.summary import Slo
 
@@ -93,14 +96,10 @@ class AbortWatch:
         metric, pct = slo.name, _STAT_PCT[slo.stat or "p99"]
         seen = self._exceed.setdefault((metric, slo.limit), {})
         iv = live.get("interval") or {}
-        p99 = (iv.get("p99_ms") or {}).get(metric)
         start, length = iv.get("start"), iv.get("length") or 0.0
         past_warmup = float(live.get("elapsed_s", 0.0)) - 2 * length > self.warmup
-        if start is not None and p99 is not None and past_warmup and start not in seen:
-            # HDR reports a bucket's highest equivalent value (3 significant digits): only a
-            # p99 clearly over L proves samples over L
-            n = math.floor(float(iv.get(_LIVE_METRICS[metric], 0.0)) * length + 1e-6)  # floor: a lower bound
-            seen[start] = max(1, n - math.ceil(0.99 * n)) if p99 > slo.limit * 1.001 + 0.001 and n else 0
+        if start is not None and past_warmup and start not in seen:
+            seen[start] = _over_in_interval(iv, metric, slo.limit)
         known = sum(seen.values())
         timeouts = int(live.get("totals", {}).get("ack_timeouts", 0))
         if metric == "ack" and self.warmup == 0 and self.ack_timeout_ms > slo.limit * 1.001:
@@ -110,3 +109,21 @@ class AbortWatch:
             return (f"at least {known} {metric} samples are over {slo.limit:g} ms, and the run can record at most "
                     f"{self.n_max(metric):.0f}, so its {slo.stat or 'p99'} ends over the limit")
         return None
+
+
+def _over_in_interval(iv: dict[str, Any], metric: str, limit_ms: float) -> int:
+    """Samples of one live interval surely over ``limit_ms``: exact from its histogram (buckets
+    whose lowest value is over the limit), else the top 1% when its p99 is clearly over it."""
+    encoded = (iv.get("histograms") or {}).get(metric)
+    if encoded:
+        h = HdrHistogram.decode(encoded)
+        limit_us = limit_ms * 1000
+        return sum(it.count_at_value_iterated_to for it in h.get_recorded_iterator()
+                   if h.get_lowest_equivalent_value(it.value_iterated_to) > limit_us)
+    p99 = (iv.get("p99_ms") or {}).get(metric)
+    # floor: a lower bound; HDR's p99 is a bucket's highest value (3 digits), so only a p99
+    # clearly over the limit proves samples over it
+    n = math.floor(float(iv.get(_LIVE_METRICS[metric], 0.0)) * float(iv.get("length") or 0.0) + 1e-6)
+    if p99 is None or not n or p99 <= limit_ms * 1.001 + 0.001:
+        return 0
+    return max(1, n - math.ceil(0.99 * n))

@@ -154,7 +154,8 @@ def run(opts: RunOptions) -> int:
     summary["metadata"]["run_id"] = run_id
     summary["metadata"]["embedded_server"] = server is not None
     summary["metadata"]["load"] = {"users": opts.users, "spawn_rate": opts.spawn_rate, "duration_s": opts.duration}
-    ok = apply_slos(summary, slos) and watch.mark(summary)
+    ok = apply_slos(summary, slos)
+    ok = watch.mark(summary) and ok  # an aborted run fails its gate
     write_json(out / "summary.json", summary)
     if not opts.quiet:
         print(format_table(summary))

@@ -19,7 +19,9 @@ it (pyperf's `_compare.py` does the same):
 
 Either way a change smaller than ``min_effect`` (10% by default) is "not significant":
 two runs of one server on one machine differ by about that, and a gate should not page
-anyone for it.
+anyone for it. And the row's own ratio (whole-run value, the one shown and gated) must point
+the same way and pass ``min_effect`` too, else the row is "not significant" with both reasons:
+a verdict must never contradict the numbers beside it.
 """
 
 from __future__ import annotations
@@ -267,6 +269,10 @@ def _latency_row(key: str, metric: str, stat: str, b_runs: list[Run], n_runs: li
         return Row(key, metric, stat, b, n, None, "no data", "", "no samples on one side")
     ratio = n / b if b > 0 else math.inf
     verdict, test, why = decide(metric, stat, b_runs, n_runs, min_effect)
+    if verdict in ("slower", "faster") and ((ratio > 1) != (verdict == "slower") or abs(ratio - 1) < min_effect):
+        # the test says one thing, the run's own number (the one shown and gated) another:
+        # no verdict a reader could not check against the table
+        verdict, why = "not significant", f"{why}; but the run's {stat} differs by {100 * (ratio - 1):+.0f}%"
     return Row(key, metric, stat, b, n, ratio, verdict, test, why)
 
 

@@ -147,6 +147,7 @@ def compare_markdown(c: Comparison, title: str = "roombench compare") -> str:
 
     head = ["variant, step"] if c.keyed else []
     lines += _table([*head, "metric", "base", "new", "ratio", "verdict", "why"], [cells(r) for r in c.rows])
+    lines += [f"\n> **Note**: {n}" for n in c.notes]
     if c.gates and not title.startswith("against"):
         lines += _checks_md(gate_checks(c))
     return "\n".join(lines) + "\n"

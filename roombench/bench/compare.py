@@ -158,6 +158,8 @@ class Comparison:
     rows: list[Row]
     gates: list[GateResult] = field(default_factory=list)
     min_effect: float = MIN_EFFECT
+    #: what makes the numbers less comparable (a saturated generator, another host)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -259,7 +261,23 @@ def compare(base_path: str | Path, new_path: str | Path, gates: list[Gate] | Non
         b_err, n_err = sum(b_sum["errors"].values()), sum(n_sum["errors"].values())
         rows.append(Row(nkey, "errors", "", b_err, n_err, None, "-", "", "a count"))
     results = [res for g in gates or [] for res in g.check(rows, new_summaries)]
-    return Comparison(base, new, rows, results, min_effect)
+    return Comparison(base, new, rows, results, min_effect, _notes(base, new))
+
+
+def _notes(base: Side, new: Side) -> list[str]:
+    notes = []
+    for label, side in (("base", base), ("new", new)):
+        for key, runs in side.runs.items():
+            for r in runs:
+                why = r.summary["metadata"].get("generator", {}).get("saturation") or []
+                if why:
+                    notes.append(f"{label} {key + ' ' if key else ''}generator saturated "
+                                 f"(its latencies include its own queueing): {why[0]}")
+                    break
+    hosts = {str(r.summary["metadata"].get("host")) for s in (base, new) for runs in s.runs.values() for r in runs}
+    if len(hosts) > 1:
+        notes.append("base and new ran on different hosts: a ratio says as much about the machines")
+    return notes
 
 
 def _latency_row(key: str, metric: str, stat: str, b_runs: list[Run], n_runs: list[Run],
@@ -409,5 +427,6 @@ def format_table(c: Comparison) -> str:
     if tests:
         lines.append("verdicts by: " + ", ".join(tests) + f" (alpha {ALPHA}, changes under {100 * c.min_effect:g}% "
                      "are not significant)")
+    lines += [f"note: {n}" for n in c.notes]
     lines += [g.line() for g in c.gates]
     return "\n".join(lines)

@@ -84,3 +84,21 @@ def test_compare_junit_and_markdown(tmp_path: Path) -> None:
     assert "slower" in message and "->" in message  # base -> new, measured
     text = md.read_text()
     assert "| ack.p99 |" in text and "**slower**" in text and "| ratio | verdict |" in text
+
+
+@pytest.mark.timeout(90)
+def test_sweep_writes_junit_per_step_and_markdown(tmp_path: Path) -> None:
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text('name = "tiny"\nduration = 1\n[defaults]\nroom_size = 2\ndrain = 1\n'
+                          '[[variants]]\nname = "py"\n[[steps]]\nusers = 2\nrate = 2\n')
+    junit, md = tmp_path / "s.xml", tmp_path / "s.md"
+    res = subprocess.run([sys.executable, "-m", "roombench.cli", "sweep", str(sweep_file), "--quiet",
+                          "--junit", str(junit), "--markdown", str(md)], capture_output=True, text=True,
+                         timeout=80, check=False, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "progress:" not in res.stdout  # --quiet
+    _suite, cases = parse_junit(junit)
+    assert [(c.get("classname"), c.get("name")) for c in cases] == [("roombench-sweep.step", "py/s0-r0")]
+    assert cases[0].find("failure") is None
+    text = md.read_text()
+    assert "### Step 0: rate=2, users=2" in text and "| py |" in text and "✅ pass" in text

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress line either)")
     r.add_argument("--profile", metavar="FILE", help=_PROFILE_HELP)
     _gate_arguments(r)
+    _add_fault_arguments(r)
     add_arguments(r)
     ack_follows_profile(r)
 
@@ -103,6 +104,25 @@ def _gate_arguments(p: argparse.ArgumentParser) -> None:
     _ci_arguments(p)
 
 
+def _add_fault_arguments(r: argparse.ArgumentParser) -> None:
+    from roombench.servers import VARIANTS
+
+    r.add_argument("--server", choices=sorted(VARIANTS), metavar="VARIANT",
+                   help="start this server variant instead of the embedded py (not with --host): "
+                   + ", ".join(sorted(VARIANTS)))
+    r.add_argument("--chaos", metavar="SPEC",
+                   help="kill / restart / pause the server roombench started, e.g. 'kill-every=4s,down=1s', "
+                   "'pause-every=5s,for=2s', 'kill@8s,restart@11s' (times since the run started; "
+                   "redis-server of a *-redis variant stays up)")
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Exit code of a run or sweep a signal stopped: 130 (SIGINT) / 143 (SIGTERM)."""
+    code = getattr(exc, "exit_code", 130)
+    print(f"roombench: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     argv = sys.argv[1:] if argv is None else argv
@@ -112,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
         monkey.patch_all()
     args = _parser().parse_args(argv)
+    from roombench.bench.run import Interrupted
+
     try:
         if args.verb == "run":
             return _run(args)
@@ -125,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plot(args)
         if args.verb == "compare":
             return _compare(args)
-    except KeyboardInterrupt:
-        print("roombench: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as exc:
+        return _interrupted(exc)
     except RoombenchError as exc:  # UsageError included
         print(f"roombench: error: {exc}", file=sys.stderr)
         return 2
@@ -191,7 +212,8 @@ def _run(args: argparse.Namespace) -> int:
     args.ack = profile.ack_for(args.ack)
     opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, processes=args.processes, duration=args.duration,
                       out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet,
-                      profile=profile, abort_on_fail=args.abort_on_fail, ci=_run_ci(args))
+                      profile=profile, server=args.server, chaos=args.chaos, abort_on_fail=args.abort_on_fail,
+                      ci=_run_ci(args))
     return run(opts)
 
 

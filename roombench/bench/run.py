@@ -13,8 +13,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from typing import Any
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.wire.profile import DEFAULT_PROFILE, Profile, load_profile
 from roombench.chat.scenario import TOKEN_ENV, Scenario
-from roombench.servers import ServerProcess, start_server
+from roombench.servers import VARIANTS, ServerProcess, free_port, start_server
+from roombench.servers.process import exited, spawn_group, stop_group
 from roombench.measure.summary import apply_slos, format_table, load_summary, parse_slo, write_json
 
 #: token the embedded server is started with when the user gives none
@@ -51,6 +54,14 @@ class RunOptions:
     #: (loaded at construction; None: the contract's names). The caller folds its ack_mode
     #: into scenario.ack (Profile.ack_for) unless the user chose an ack.
     profile: Profile | str | None = None
+    #: start this server variant instead of the embedded one (not with host)
+    server: str | None = None
+    #: a chaos spec (bench.chaos) against the server roombench started
+    chaos: str | None = None
+    #: a server a sweep started (host is its URL): what chaos acts on
+    target: ServerProcess | None = None
+    #: called about once a second while Locust runs (a progress display)
+    on_tick: Callable[[], None] | None = None
     #: live status line while the child runs (bench.progress); None: unless quiet
     progress: bool | None = None
     #: prefix of the status line (a sweep's step)
@@ -80,7 +91,18 @@ class RunOptions:
             raise UsageError("--duration must be >= 1 second")
         if self.processes < 1:
             raise UsageError("--processes must be >= 1")
-        if self.host is None and not self.wire.speaks_like(DEFAULT_PROFILE):
+        if self.server is not None:
+            if self.host is not None:
+                raise UsageError("--server starts a server variant and --host names a running one: give one of them")
+            if self.server not in VARIANTS:
+                raise UsageError(f"--server {self.server!r}: unknown variant; known: {', '.join(sorted(VARIANTS))}")
+        if self.chaos is not None:
+            if self.host is not None and self.target is None:
+                raise UsageError("--chaos kills and pauses a server roombench starts: drop --host (or use --server)")
+            from roombench.bench.chaos import parse_chaos
+
+            parse_chaos(self.chaos)
+        if self.host is None and self.server is None and not self.wire.speaks_like(DEFAULT_PROFILE):
             raise UsageError(f"profile {self.wire.name!r} names the contract differently from the embedded "
                              "reference server: pass --host for a server that speaks it")
         self.scenario.validate()
@@ -109,7 +131,10 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
         "--summary-out", str(out / "summary.json"), "--live-out", str(out / "live.json"),
     ]
     if opts.processes > 1:
-        cmd += ["--processes", str(opts.processes)]
+        # a free port for master <-> workers, not Locust's fixed 5557: two runs at once must not collide
+        port = str(free_port("127.0.0.1"))
+        cmd += ["--processes", str(opts.processes), "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                "--master-host", "127.0.0.1", "--master-port", port]
     for f in fields(Scenario):
         if f.name != "token":  # by environment (child_env): a command line is visible to every local user
             cmd += ["--" + f.name.replace("_", "-"), str(getattr(scenario, f.name))]
@@ -118,8 +143,79 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
     return cmd
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the work (a BaseException, like KeyboardInterrupt: no
+    ``except RoombenchError`` may swallow it). ``exit_code``: 130 / 143."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM, handled alike while a run or sweep is on: the first one is
+    remembered; outside a deferred section it raises :class:`Interrupted` at once, inside one
+    (Locust running, results being written) the code there checks ``signum`` and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.signum: int | None = None
+        self.deferred = False
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            return  # a second signal must not break the cleanup of the first (all of it is bounded)
+        self.signum = signum
+        if not self.deferred:
+            raise Interrupted(signum)
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+
+_SIGNALS = _Signals()
+
+
+@contextmanager
+def interruptible() -> Iterator[_Signals]:
+    """Install the SIGINT/SIGTERM handlers for a run or sweep (nested: the outer one's stay);
+    only from the main thread, as Python requires."""
+    state = _SIGNALS
+    if state.depth == 0:
+        state.signum, state.deferred = None, False
+        state._saved = {}
+        if threading.current_thread() is threading.main_thread():  # elsewhere: the caller's handlers stay
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                state._saved[sig] = signal.signal(sig, state._handle)
+    state.depth += 1
+    try:
+        yield state
+    finally:
+        state.depth -= 1
+        if state.depth == 0:
+            for sig, old in state._saved.items():
+                signal.signal(sig, old)
+
+
+@contextmanager
+def _deferred(state: _Signals) -> Iterator[None]:
+    before, state.deferred = state.deferred, True
+    try:
+        yield
+    finally:
+        state.deferred = before
+
+
 def run(opts: RunOptions) -> int:
-    """Run once; exit code 0 (SLOs hold), 1 (an SLO failed). Raises RoombenchError."""
+    """Run once; exit code 0 (SLOs hold), 1 (an SLO failed), 130 / 143 (SIGINT / SIGTERM
+    stopped it: what was measured is written, marked ``metadata.interrupted``, and no SLO
+    gate passes). Raises RoombenchError, or Interrupted when a signal came before Locust ran."""
     opts.validate()
     slos = [parse_slo(s) for s in opts.slos]
     if opts.ci is not None:
@@ -129,84 +225,128 @@ def run(opts: RunOptions) -> int:
     out.mkdir(parents=True, exist_ok=True)
     server: ServerProcess | None = None
     scenario = opts.scenario
-    try:
-        if opts.host is None:
-            if not scenario.token:
-                scenario = replace(scenario, token=EMBEDDED_TOKEN)
-            variant = "ws" if scenario.transport == "ws" else "py"  # the embedded server speaks it
-            server = start_server(variant, token=scenario.token, log_path=str(out / "server.log"))
-            host = server.url
-        else:
-            host = opts.host
-        from roombench.transport.probe import preflight  # gevent only when a run starts
-        for one in host.split(","):
-            preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
-        from roombench.bench.progress import make_watch
-
-        watch = make_watch(opts, out, scenario, slos)
+    with interruptible() as sig:
         try:
-            summary = _run_locust(opts, host, out, scenario, watch)
+            if opts.host is None:
+                server, scenario = _start_own_server(opts, scenario, out)
+                host = server.url
+            else:
+                host = opts.host
+            from roombench.transport.probe import preflight  # gevent only when a run starts
+            for one in host.split(","):
+                preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
+            from roombench.bench.progress import make_watch  # status line, --abort-on-fail
+
+            watch = make_watch(opts, out, scenario, slos)
+            with _deferred(sig):
+                try:
+                    summary, chaos = _run_locust(opts, host, out, scenario, server or opts.target, sig, watch)
+                finally:
+                    watch.close()
         finally:
-            watch.close()
-    finally:
-        if server is not None:
-            server.stop()
-    summary["metadata"]["run_id"] = run_id
-    summary["metadata"]["embedded_server"] = server is not None
-    summary["metadata"]["load"] = {"users": opts.users, "spawn_rate": opts.spawn_rate, "duration_s": opts.duration}
+            if server is not None:
+                with _deferred(sig):
+                    server.stop()
+        with _deferred(sig):
+            return _finish(opts, summary, chaos, slos, run_id, out, server, sig.signum, watch)
+
+
+def _start_own_server(opts: RunOptions, scenario: Scenario, out: Path) -> tuple[ServerProcess, Scenario]:
+    """The embedded server (py, or ws for --transport ws), or the --server variant."""
+    if not scenario.token:
+        scenario = replace(scenario, token=EMBEDDED_TOKEN)
+    variant = opts.server or ("ws" if scenario.transport == "ws" else "py")  # the embedded one speaks it
+    return start_server(variant, token=scenario.token, log_path=str(out / "server.log")), scenario
+
+
+def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any]] | None, slos: list[Any],
+            run_id: str, out: Path, server: ServerProcess | None, signum: int | None, watch: Any = None) -> int:
+    meta = summary["metadata"]
+    meta["run_id"] = run_id
+    meta["embedded_server"] = server is not None
+    if opts.server is not None:
+        meta["server_variant"] = opts.server
+    meta["load"] = {"users": opts.users, "spawn_rate": opts.spawn_rate, "duration_s": opts.duration}
+    if chaos is not None:
+        meta["chaos_spec"] = opts.chaos
+        started = meta.get("started") or 0.0  # the run's start: what plots count time from
+        chaos = [{"t": round(a["at"] - started, 3), **{k: v for k, v in a.items() if k != "at"}} for a in chaos]
+        meta["chaos"] = chaos
+    meta["interrupted"] = signum is not None
     ok = apply_slos(summary, slos)
-    ok = watch.mark(summary) and ok  # an aborted run fails its gate
+    if watch is not None:
+        ok = watch.mark(summary) and ok  # aborted (--abort-on-fail): its gate fails
     write_json(out / "summary.json", summary)
     if not opts.quiet:
         print(format_table(summary))
+        if chaos:
+            print(f"chaos: {len(chaos)} actions: " + ", ".join(f"{a['action']}@{a['t']:g}s" for a in chaos))
+        if signum is not None:
+            print(f"interrupted by {signal.Signals(signum).name}: the results cover only what ran")
         print(f"results: {out}")
     if opts.ci is not None:
         ok = opts.ci.finish(out, summary, quiet=opts.quiet) and ok
+    if signum is not None:
+        return 128 + signum  # an interrupted run never passes a gate
     return 0 if ok else 1
 
 
-def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario,
-                on_tick: Callable[[], bool] | None = None) -> dict[str, Any]:
+def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, server: ServerProcess | None,
+                sig: _Signals, watch: Callable[[], bool] | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """Run the Locust child to its end (or a signal's); its summary and the chaos actions."""
     cmd = locust_command(opts, host, out, scenario)
     if not opts.quiet:
         print(f"roombench: {opts.users} users x {scenario.rate} msg/s for {opts.duration:g} s against {host}", flush=True)
+    chaos = None
+    if opts.chaos is not None:
+        from roombench.bench.chaos import Chaos, parse_chaos
+
+        assert server is not None  # validate() refused --chaos with a server we did not start
+        chaos = Chaos(parse_chaos(opts.chaos), server, horizon=opts.duration + scenario.warmup)
     limit = opts.duration + scenario.warmup + 2 * scenario.drain + 60
+    # after SIGTERM Locust stops the users, drains (up to `drain` s, twice with reconnects) and
+    # writes its summary; past this grace its whole group is killed
+    grace = 2 * scenario.drain + 15
     with open(out / "locust.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
+        # its own process group (Locust's --processes workers are forked into it), stopped as one
+        proc = spawn_group(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
         try:
-            _wait_ticking(proc, limit, on_tick)
-        except KeyboardInterrupt:
-            # Locust got the same SIGINT: it stops, drains and writes what it measured.
-            _wait_or_kill(proc, 30)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            _wait_or_kill(proc, 30)
+            if chaos is not None:
+                chaos.start()
+            _wait_locust(proc, opts, sig, limit, grace, watch)
+        finally:
+            actions = chaos.stop() if chaos is not None else None
+            stop_group(proc, 0)  # what is left of its group (the leader is exited, or killed now)
     path = out / "summary.json"
     if not path.exists():
+        if sig.signum is not None:
+            raise Interrupted(sig.signum)  # stopped before Locust measured anything
         tail = (out / "locust.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RoombenchError(f"locust exited with code {proc.returncode} and wrote no summary: {tail[0]} (see {out}/locust.log)")
-    return load_summary(path)
+    return load_summary(path), actions
 
 
-def _wait_ticking(proc: subprocess.Popen[bytes], limit: float, on_tick: Callable[[], bool] | None) -> None:
-    """Wait for the child, calling ``on_tick`` about once a second; when it returns True, stop
-    the child with SIGINT (Locust then drains and writes what it measured) and keep waiting."""
-    deadline, stopping = time.monotonic() + limit, False
-    while True:
-        try:
-            proc.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-            return
-        except subprocess.TimeoutExpired:
-            if time.monotonic() >= deadline:
-                raise
-        if on_tick is not None and on_tick() and not stopping:
-            stopping = True
-            proc.send_signal(signal.SIGINT)
-
-
-def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    try:
-        proc.wait(timeout=timeout)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        proc.kill()
-        proc.wait()
+def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals, limit: float, grace: float,
+                 watch: Callable[[], bool] | None = None) -> None:
+    """Wait for the Locust child; on a signal (or past ``limit`` s) SIGTERM its master, which
+    stops the load and writes what it measured, and SIGKILL its group after ``grace`` s.
+    ``opts.on_tick()`` about once a second meanwhile."""
+    start = time.monotonic()
+    next_tick = start + 1.0
+    stop_by: float | None = None
+    while not exited(proc):  # not reaped yet: stop_group then kills what is left of its group
+        now = time.monotonic()
+        if stop_by is None and (sig.signum is not None or now - start > limit):
+            proc.send_signal(signal.SIGTERM)  # the master only: it tells its workers to report and quit
+            stop_by = now + grace
+        if stop_by is not None and now > stop_by:
+            break
+        if opts.on_tick is not None and now >= next_tick:
+            opts.on_tick()
+        if watch is not None and now >= next_tick and watch() and stop_by is None:
+            proc.send_signal(signal.SIGTERM)  # --abort-on-fail: Locust stops and writes what it measured
+            stop_by = now + grace
+        if now >= next_tick:
+            next_tick = now + 1.0
+        time.sleep(0.05)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import signal
 import time
 import tomllib
 from pathlib import Path
@@ -35,17 +37,21 @@ from typing import Any
 
 from roombench.exceptions import RoombenchError, UsageError
 from roombench.measure.machine import machine_info
-from roombench.bench.run import RunOptions, new_run_id, run
+from roombench.bench.chaos import parse_chaos
+from roombench.bench.run import Interrupted, RunOptions, interruptible, new_run_id, run
 from roombench.chat.scenario import MAX_SECONDS, Scenario
 from roombench.servers import VARIANTS, ServerProcess, start_external, start_server
+from roombench.servers.process import check_command
 from roombench.measure.summary import load_summary, write_json
 
 RUN_SCHEMA = "roombench.run/1"
 _SCENARIO_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Scenario)}
-_STEP_TYPES: dict[str, type] = {"users": int, "spawn_rate": float, **_SCENARIO_TYPES}
+_STEP_TYPES: dict[str, type] = {"users": int, "spawn_rate": float, "chaos": str, **_SCENARIO_TYPES}
+#: step keys that are not the scenario's
+_RUN_KEYS = ("users", "spawn_rate", "chaos")
 #: ready_path is refused, not ignored: readiness of a command variant is GET /healthz
 _VARIANT_TYPES: dict[str, type] = {"name": str, "url": str, "command": str, "profile": str, "token": str,
-                                   "stop_p99_ms": float}
+                                   "stop_p99_ms": float, "chaos": str}
 _TOP_TYPES: dict[str, type] = {"name": str, "duration": float, "warmup": float, "repeats": int,
                                "defaults": dict, "variants": list, "steps": list}
 _URL_SCHEMES = ("http://", "https://", "ws://", "wss://")
@@ -72,10 +78,14 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         _check_table(path, where + ".", step, _STEP_TYPES)
         _check_range(path, where + ".users", step.get("users", 10), 1, 1_000_000)
         _check_range(path, where + ".spawn_rate", step.get("spawn_rate", 100.0), 0, 1e6, low_open=True)
+        _check_chaos(path, where + ".chaos", step)
         try:
             _scenario(spec, step)  # the scenario's own ranges
         except UsageError as exc:
             raise UsageError(f"{path}: {where}: {exc}") from None
+        if "chaos" in step and any("url" in v for v in variants):
+            raise UsageError(f"{path}: {where}.chaos kills and pauses servers the sweep starts: "
+                             "not one given by url (put chaos on the variants instead)")
     return spec
 
 
@@ -91,8 +101,24 @@ def _check_variant(path: str | Path, where: str, v: Any) -> None:
         raise UsageError(f"{path}: variant {v['name']!r} is not built in ({', '.join(VARIANTS)}): give url or command")
     if "url" in v and not all(u.strip().startswith(_URL_SCHEMES) for u in v["url"].split(",")):
         raise UsageError(f"{path}: {where}.url must start with http://, https://, ws:// or wss://, got {v['url']!r}")
+    if "command" in v:
+        try:
+            check_command(v["name"], v["command"])
+        except UsageError as exc:
+            raise UsageError(f"{path}: {where}.command: {exc}") from None
+    _check_chaos(path, where + ".chaos", v)
+    if "chaos" in v and "url" in v:
+        raise UsageError(f"{path}: {where}.chaos kills and pauses a server the sweep starts: not one given by url")
     if "stop_p99_ms" in v:
         _check_range(path, where + ".stop_p99_ms", v["stop_p99_ms"], 0, MAX_SECONDS * 1000, low_open=True)
+
+
+def _check_chaos(path: str | Path, key: str, table: dict[str, Any]) -> None:
+    if "chaos" in table:
+        try:
+            parse_chaos(table["chaos"])
+        except UsageError as exc:
+            raise UsageError(f"{path}: {key}: {exc}") from None
 
 
 def _check_table(path: str | Path, where: str, table: Any, types: dict[str, type]) -> None:
@@ -124,7 +150,7 @@ def _check_range(path: str | Path, key: str, value: float, low: float, high: flo
 def _scenario(spec: dict[str, Any], step: dict[str, Any]) -> Scenario:
     opts = {**spec.get("defaults", {}), **step}
     opts.setdefault("warmup", spec.get("warmup", 0.0))
-    return Scenario(**{k: v for k, v in opts.items() if k not in ("users", "spawn_rate")}).validate()
+    return Scenario(**{k: v for k, v in opts.items() if k not in _RUN_KEYS}).validate()
 
 
 def redacted(spec: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +174,11 @@ def plan(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path("results"),
           progress: bool = True) -> Path:
-    """Run (or resume) a sweep; returns its result folder. ``progress``: each step's live line."""
+    """Run (or resume) a sweep; returns its result folder. A SIGINT or SIGTERM stops the step
+    that runs (what it measured is kept, the step is recorded ``interrupted``, not done), starts
+    nothing more, writes run.json and raises :class:`Interrupted`; ``resume`` redoes every
+    step not done (interrupted or failed), clearing what was recorded of it. ``progress``:
+    each step's live status line (bench.progress)."""
     spec = load_sweep(path)
     out = resume or out_root / new_run_id()
     meta_path = out / "run.json"
@@ -161,29 +191,49 @@ def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path
                 "started": time.time(), "plan": plan(spec), "done": [], "capacity": {}}
     todo = [p for p in meta["plan"] if p["dir"] not in meta["done"]]
     progress = _Progress(len(todo), live=progress)
-    try:
-        for variant in spec["variants"]:
-            items = [p for p in todo if p["variant"] == variant["name"]]
-            if items:
-                _run_variant(spec, variant, items, out, meta, progress)
-    finally:
-        meta["finished"] = time.time()
-        write_json(meta_path, meta)
+    with interruptible() as sig:
+        try:
+            for variant in spec["variants"]:
+                items = [p for p in todo if p["variant"] == variant["name"]]
+                if items:
+                    _run_variant(spec, variant, items, out, meta, progress)
+        finally:
+            meta["finished"] = time.time()
+            if sig.signum is not None:
+                meta["interrupted_by"] = signal.Signals(sig.signum).name
+            else:
+                meta.pop("interrupted_by", None)
+            write_json(meta_path, meta)
     return out
+
+
+def _forget(meta: dict[str, Any], item: dict[str, Any], out: Path) -> None:
+    """A step about to be (re)done: drop a stale failure or interruption and its old files."""
+    for key in ("failed", "interrupted"):
+        meta.get(key, {}).pop(item["dir"], None)
+        if key in meta and not meta[key]:
+            del meta[key]
+    step_dir = out / item["dir"]
+    if step_dir.is_dir():
+        shutil.rmtree(step_dir)
 
 
 def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict[str, Any]], out: Path,
                  meta: dict[str, Any], progress: _Progress) -> None:
     token = variant.get("token", "roombench")
-    with _serve(variant, token, out) as url:
+    with _serve(variant, token, out) as server:
+        url = server.url
         for item in items:
             step = spec["steps"][item["step"]]
             if item["step"] > meta["capacity"].get(variant["name"], {}).get("broke_at", 1 << 30):
                 continue  # stop rule: this variant already broke at a lower step
             progress.show(item)
+            _forget(meta, item, out)
+            chaos = step.get("chaos", variant.get("chaos", spec.get("defaults", {}).get("chaos")))
             opts = RunOptions(host=url, users=step.get("users", 10), spawn_rate=step.get("spawn_rate", 100.0),
                               duration=spec.get("duration", 5.0), out=out / item["dir"], quiet=True,
-                              profile=variant.get("profile"), progress=progress.live, label=progress.label)
+                              profile=variant.get("profile"), chaos=chaos, target=server.server,
+                              progress=progress.live, label=progress.label)
             given = {**spec.get("defaults", {}), **step}
             ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's
             scenario = _scenario(spec, step)  # a given transport is in it, validated
@@ -191,13 +241,21 @@ def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict
                 VARIANTS[variant["name"]].transport if variant["name"] in VARIANTS else "lean")
             opts.scenario = dataclasses.replace(scenario, token=token, ack=ack, transport=transport)
             try:
-                run(opts)
+                code = run(opts)
             except RoombenchError as exc:  # one failed step is recorded, the sweep goes on
                 meta.setdefault("failed", {})[item["dir"]] = str(exc)
+            except Interrupted as exc:  # before Locust measured anything
+                meta.setdefault("interrupted", {})[item["dir"]] = signal.Signals(exc.signum).name
+                raise
             else:
+                if code >= 128:  # a signal stopped it: kept, marked, not done; nothing more starts
+                    meta.setdefault("interrupted", {})[item["dir"]] = signal.Signals(code - 128).name
+                    write_json(out / "run.json", meta)
+                    raise Interrupted(code - 128)
                 meta["done"].append(item["dir"])
                 _stop_rule(variant, item, out, meta)
-            write_json(out / "run.json", meta)
+            finally:
+                write_json(out / "run.json", meta)
 
 
 def _stop_rule(variant: dict[str, Any], item: dict[str, Any], out: Path, meta: dict[str, Any]) -> None:
@@ -233,23 +291,28 @@ class _Progress:
 
 
 class _serve:
-    """Start a variant (built-in, command, or nothing for a URL); yields its base URL."""
+    """Start a variant (built-in, command, or nothing for a URL); yields itself (``url``,
+    ``server``: the ServerProcess, None for a URL)."""
 
     def __init__(self, variant: dict[str, Any], token: str, out: Path) -> None:
         self.variant, self.token, self.out = variant, token, out
         self.server: ServerProcess | None = None
 
-    def __enter__(self) -> str:
+    @property
+    def url(self) -> str:
+        return str(self.variant["url"]) if self.server is None else self.server.url
+
+    def __enter__(self) -> _serve:
         v = self.variant
         if "url" in v:
-            return str(v["url"])
+            return self
         log = self.out / v["name"] / "server.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         if "command" in v:
             self.server = start_external(v["name"], v["command"], token=self.token, log_path=str(log))
         else:
             self.server = start_server(v["name"], token=self.token, log_path=str(log))
-        return self.server.url
+        return self
 
     def __exit__(self, *_: Any) -> None:
         if self.server is not None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +56,9 @@ class ServerProcess:
     _more: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _services: list[subprocess.Popen] = field(default_factory=list, repr=False)
     redis_url: str | None = None
+    #: argv of every server process (same order as _proc, *_more) and its token: what restart() reruns
+    _argvs: list[list[str]] = field(default_factory=list, repr=False)
+    _token: str | None = field(default=None, repr=False)
 
     @property
     def urls(self) -> list[str]:
@@ -72,11 +76,11 @@ class ServerProcess:
         return all(proc.poll() is None for proc in self._procs())
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the server processes, SIGKILL those still there after ``timeout`` s, then
-        the same for backing services; idempotent."""
+        """SIGTERM the server process groups, SIGKILL what is still there after ``timeout`` s,
+        then the same for backing services; idempotent. A paused server is resumed first."""
         _terminate([self._proc, *self._more], timeout)
         _terminate(self._services, timeout)
-        _live.pop(self.pid, None)
+        _live.pop(id(self), None)
         if self._own_log:
             Path(self.log_path).unlink(missing_ok=True)
             self._own_log = False
@@ -88,6 +92,44 @@ class ServerProcess:
     def _procs(self) -> list[subprocess.Popen]:
         return [self._proc, *self._more, *self._services]
 
+    def _app(self) -> list[subprocess.Popen]:
+        return [self._proc, *self._more]
+
+    # --- faults on purpose (bench.chaos): the app server processes only, backing services stay up
+
+    def kill(self) -> None:
+        """SIGKILL every server process group (not redis-server) and reap them."""
+        for proc in self._app():
+            if proc.returncode is None:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+                _watchdog_forget(proc.pid)
+
+    def restart(self, ready_timeout: float = READY_TIMEOUT) -> None:
+        """Start again every server process that is not running, on its own port, with the
+        same argv and token; returns once all answer ``GET /healthz``. Raises ServerError."""
+        if not self._argvs:
+            raise ServerError(f"server variant {self.variant!r} cannot be restarted")
+        procs = self._app()
+        for i, proc in enumerate(procs):
+            if proc.poll() is not None:
+                procs[i] = _popen(self._argvs[i], self.log_path, self._token)
+        self._proc, self._more = procs[0], procs[1:]
+        self.pid = self._proc.pid
+        _wait_ready(self, ready_timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP every server process group: sockets stay open, nothing is answered."""
+        for proc in self._app():
+            if proc.returncode is None:
+                _signal_group(proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT every server process group."""
+        for proc in self._app():
+            if proc.returncode is None:
+                _signal_group(proc, signal.SIGCONT)
+
     def __enter__(self) -> ServerProcess:
         return self
 
@@ -95,7 +137,7 @@ class ServerProcess:
         self.stop()
 
 
-#: servers started by this process and not yet stopped, so interpreter exit can stop them
+#: servers started by this process and not yet stopped (by id()), so interpreter exit can stop them
 _live: dict[int, ServerProcess] = {}
 
 
@@ -105,17 +147,126 @@ def _stop_leftovers() -> None:
         server.stop(timeout=2.0)
 
 
-def _terminate(procs: list[subprocess.Popen], timeout: float) -> None:
-    """SIGTERM all of ``procs`` at once, SIGKILL whoever is left after ``timeout`` s."""
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)  # a no-op for a process already reaped
-    deadline = time.monotonic() + timeout
-    for proc in procs:
+# --- process groups and the watchdog -------------------------------------------------------
+#
+# Every child we start leads its own process group (start_new_session): a stop signals the
+# group, so grandchildren (node's helpers, a `command = "sh -c ..."` variant's server, Locust's
+# --processes workers, which it forks) go with it, and a Ctrl-C in the terminal reaches only
+# roombench, which then stops its children in order.
+#
+# Dying with the parent, even on SIGKILL: PR_SET_PDEATHSIG covers only a direct child, and it
+# fires when the *thread* that forked the child exits (the chaos thread restarts servers), so it
+# is not used. A subreaper would collect orphans but dies with us too. Instead one watchdog
+# process per roombench process (below, started on first use, in a session of its own) reads
+# "+PGID" / "-PGID" lines from a pipe whose write end only we hold; when the pipe closes (we
+# exited, however) it sends SIGTERM + SIGCONT to every group still registered, then SIGKILL
+# to what is left after 2 s, and exits. Limit: a grandchild that calls setsid() itself
+# leaves the group and is not covered.
+
+_WATCHDOG = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin.buffer:
+    try:
+        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    except ValueError:
+        pass
+def send(sig):
+    alive = set()
+    for g in groups:
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(g, sig)
+            alive.add(g)
+        except OSError:
+            pass
+    return alive
+send(signal.SIGTERM)
+send(signal.SIGCONT)
+deadline = time.monotonic() + 2.0
+while time.monotonic() < deadline and send(0):
+    time.sleep(0.05)
+send(signal.SIGKILL)
+"""
+
+_watchdog: subprocess.Popen | None = None
+_watchdog_lock = threading.Lock()
+
+
+def _watchdog_send(line: str) -> None:
+    global _watchdog
+    with _watchdog_lock:
+        if _watchdog is None or _watchdog.poll() is not None:
+            # -I -S: no site, no env: a few ms to start; stdout to /dev/null, it says nothing
+            _watchdog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        assert _watchdog.stdin is not None
+        try:
+            _watchdog.stdin.write(line.encode() + b"\n")
+            _watchdog.stdin.flush()
+        except OSError:  # the watchdog died (someone killed it): the next call starts another
+            pass
+
+
+def _watchdog_forget(pgid: int) -> None:
+    if _watchdog is not None:
+        _watchdog_send(f"-{pgid}")
+
+
+def watchdog_pid() -> int | None:
+    """The pid of this process's watchdog, if started (tests check it goes too)."""
+    return _watchdog.pid if _watchdog is not None else None
+
+
+def spawn_group(argv: list[str], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **popen)`` as the leader of a new process group that the
+    watchdog kills if this process dies; stop it with :func:`stop_group`."""
+    proc = subprocess.Popen(argv, start_new_session=True, **popen)
+    _watchdog_send(f"+{proc.pid}")
+    return proc
+
+
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the group ``proc`` leads, SIGKILL it after ``timeout`` s."""
+    _terminate([proc], timeout)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:  # the group is gone already
+        pass
+
+
+def exited(proc: subprocess.Popen) -> bool:
+    """True once the leader has exited, without reaping it: while it is a zombie its pid (= the
+    group id) cannot be reused, so a SIGKILL to the group hits only what it left behind."""
+    if proc.returncode is not None:
+        return True
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def _terminate(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM (and SIGCONT, for a paused one) the groups of all of ``procs`` at once; once a
+    leader exits, or after ``timeout`` s, SIGKILL its group (grandchildren that outlived it)
+    and reap it."""
+    live = [proc for proc in procs if proc.returncode is None]
+    for proc in live:
+        _signal_group(proc, signal.SIGTERM)
+        _signal_group(proc, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
+    deadline = time.monotonic() + timeout
+    while live:
+        for proc in [p for p in live if exited(p) or time.monotonic() > deadline]:
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+            _watchdog_forget(proc.pid)
+            live.remove(proc)
+        if live:
+            time.sleep(0.02)
 
 
 def start_server(
@@ -147,16 +298,37 @@ def start_server(
 
 def start_external(name: str, command: str, *, token: str | None = None, log_path: str | None = None,
                    ready_timeout: float = READY_TIMEOUT) -> ServerProcess:
-    """Start a server of the user's own from a command template with ``{host}``, ``{port}``
-    and ``{token}`` placeholders; ready when ``GET /healthz`` answers 200."""
+    """Start a server of the user's own from a command template with ``{host}`` and ``{port}``
+    placeholders; ready when ``GET /healthz`` answers 200. The token is never on its command
+    line (visible to every local user in ps): the server reads it from $ROOMBENCH_SERVER_TOKEN,
+    and ``{token}`` in ``command`` is refused (UsageError)."""
+    check_command(name, command)
+
     def argv(host: str, port: int, tok: str | None) -> list[str]:
         try:
-            return shlex.split(command.format(host=host, port=port, token=tok or ""))
+            return shlex.split(command.format(host=host, port=port))
         except (KeyError, IndexError, ValueError) as exc:
             raise UsageError(f"bad command for variant {name!r}: {command!r} ({exc})") from None
 
     spec = Variant(name=name, description=f"external: {command}", command=argv)
     return _start(spec, 0, token, [], "127.0.0.1", log_path, ready_timeout)
+
+
+def check_command(name: str, command: str) -> None:
+    """UsageError unless ``command`` is a template of ``{host}`` and ``{port}`` only."""
+    import string
+
+    try:
+        keys = {key for _, key, _, _ in string.Formatter().parse(command) if key is not None}
+    except ValueError as exc:
+        raise UsageError(f"bad command for variant {name!r}: {command!r} ({exc})") from None
+    if "token" in keys:
+        raise UsageError(f"command of variant {name!r} has {{token}}: a command line is visible to every local "
+                         f"user; the server gets the token in ${SERVER_TOKEN_ENV} instead")
+    unknown = keys - {"host", "port"}
+    if unknown:
+        raise UsageError(f"bad command for variant {name!r}: unknown placeholder {{{sorted(unknown)[0]}}} "
+                         "(known: {host}, {port})")
 
 
 def _start(spec: Variant, port: int, token: str | None, extra: list[str], host: str, log_path: str | None,
@@ -168,10 +340,10 @@ def _start(spec: Variant, port: int, token: str | None, extra: list[str], host: 
             server = _spawn(spec, host, port, token, extra, log_path)
             _wait_ready(server, ready_timeout)
             return server
-        except ServerError as exc:
+        except BaseException as exc:  # Ctrl-C and roombench's Interrupted too: nothing may outlive a failed start
             if server is not None:
                 server.stop()
-            if not (exc.port_taken and attempt < attempts):
+            if not (isinstance(exc, ServerError) and exc.port_taken and attempt < attempts):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -227,8 +399,8 @@ def _spawn(
     procs = started[len(services):]
     url = ",".join(_base_url(host, p) for p in ports)
     server = ServerProcess(spec.name, procs[0].pid, url, ports[0], log_path, procs[0], own_log,
-                           procs[1:], services, redis_url)
-    _live[server.pid] = server
+                           procs[1:], services, redis_url, argvs, token)
+    _live[id(server)] = server
     return server
 
 
@@ -238,9 +410,7 @@ def _popen(argv: list[str], log_path: str, token: str | None = None) -> subproce
     if token is not None:
         env[SERVER_TOKEN_ENV] = token
     with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        return spawn_group(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _free_ports(host: str, n: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -117,11 +118,21 @@ def test_plan_orders_variant_by_variant_with_repeats() -> None:
     ("[[variants]]\nname = 'py'\n[[steps]]\nusres = 1\n", "unknown options"),
     ("[[variants]]\nname = 'py'\n[[steps]]\nrate = -1\n", "--rate must be > 0"),
     ("not toml [", "cannot read sweep file"),
+    ("[[variants]]\nname = 'py'\nchaos = 'kill-every=1s,down=2s'\n[[steps]]\nusers = 1\n",
+     "variants[0].chaos: bad chaos spec"),
+    ("[[variants]]\nname = 'py'\n[[steps]]\nusers = 1\nchaos = 'explode@1s'\n", "steps[0].chaos: bad chaos spec"),
+    ("[[variants]]\nname = 'py'\nchaos = 3\n[[steps]]\nusers = 1\n", "variants[0].chaos must be a string"),
+    ("[[variants]]\nname = 'x'\nurl = 'http://127.0.0.1:1'\nchaos = 'kill@1s'\n[[steps]]\nusers = 1\n",
+     "not one given by url"),
+    ("[[variants]]\nname = 'x'\nurl = 'http://127.0.0.1:1'\n[[steps]]\nusers = 1\nchaos = 'kill@1s'\n",
+     "not one given by url"),
+    ("[[variants]]\nname = 'x'\ncommand = 'srv --port {port} --token {token}'\n[[steps]]\nusers = 1\n",
+     "variants[0].command: command of variant 'x' has {token}"),
 ])
 def test_bad_sweep_files_are_usage_errors(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(UsageError, match=needle.replace("[", r"\[")):
+    with pytest.raises(UsageError, match=re.escape(needle)):
         load_sweep(path)
     res = subprocess.run([sys.executable, "-m", "roombench.cli", "sweep", str(path)], capture_output=True, text=True,
                          timeout=30)
@@ -148,3 +159,34 @@ def test_capacity_is_the_highest_step_whose_every_repeat_held(tmp_path: Path) ->
         (d / "summary.json").write_bytes(orjson.dumps(src))
         sweep_mod._stop_rule(variant, {"step": step, "dir": d.name}, tmp_path, meta)
     assert meta["capacity"]["py"]["held"] == 0 and meta["capacity"]["py"]["broke_at"] == 1
+
+
+CHAOS = """
+duration = 3
+[defaults]
+room_size = 2
+rate = 2
+drain = 1
+reconnect_delay = 0.1
+[[variants]]
+name = "py"
+chaos = "kill@1s"
+[[steps]]
+users = 2
+[[steps]]
+users = 3
+chaos = "pause@1s,resume@1.5s"
+"""
+
+
+@pytest.mark.timeout(90)
+def test_sweep_chaos_per_variant_and_step_and_the_server_is_back_for_the_next_step(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.toml"
+    path.write_text(CHAOS)
+    out = sweep(path, out_root=tmp_path / "results")
+    meta = orjson.loads((out / "run.json").read_bytes())
+    assert sorted(meta["done"]) == ["py/s0-r0", "py/s1-r0"] and "failed" not in meta
+    first, second = (orjson.loads((out / d / "summary.json").read_bytes()) for d in ("py/s0-r0", "py/s1-r0"))
+    assert [a["action"] for a in first["metadata"]["chaos"]] == ["kill"]  # the variant's
+    assert [a["action"] for a in second["metadata"]["chaos"]] == ["pause", "resume"]  # the step's wins
+    assert second["delivery"]["acked"] > 0  # killed in step 0, restarted before step 1

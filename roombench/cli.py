@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="changes smaller than this (%%) are 'not significant' (default 10)")
     _ci_arguments(cp)
 
-    pl = sub.add_parser("plot", help="PNG figures and report.md from a sweep's result folder")
-    pl.add_argument("folder", type=Path, help="results/<run-id>")
+    pl = sub.add_parser("plot", help="PNG figures from a run's result folder, or figures and report.md from a sweep's")
+    pl.add_argument("folder", type=Path, help="results/<run-id> (a run or a sweep)")
     pl.add_argument("--step", type=int, help="step for the spectra and phases (default: highest all variants ran)")
 
     s = sub.add_parser("serve", help="run a server variant in the foreground")

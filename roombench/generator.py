@@ -106,12 +106,15 @@ class Generator:
 
     def _tick_intervals(self) -> None:
         iv = self.intervals.interval_s
+        boundary = slot(time.time(), iv) + iv
         while not self._intervals_closed:
-            boundary = slot(time.time(), iv) + iv
-            gevent.sleep(max(0.0, boundary - time.time()))
-            if self._intervals_closed:
-                return
+            wait = boundary - time.time()
+            if wait > 0:  # a timer may fire a hair early: never tick a boundary twice
+                gevent.sleep(wait)
+                continue
             closed = self.tick_interval(boundary)
+            # a loop blocked past the next boundary skips ahead (that interval then runs long)
+            boundary = max(boundary + iv, slot(time.time(), iv) + iv)
             for fn in self.on_interval:
                 try:
                     fn(closed)

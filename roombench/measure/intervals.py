@@ -27,11 +27,13 @@ message's intended send time; the per-interval ``lost`` then sums to the run's `
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader, HistogramLogWriter
 
-from roombench.exceptions import ReportError
+from roombench.exceptions import ReportError, RoombenchError
 from roombench.measure.metrics import METRICS, Metrics, _counts_view, add_histogram, new_histogram
 
 SCHEMA = "roombench.intervals/1"
@@ -222,9 +224,6 @@ def _write_atomic(path: Path, text: str) -> None:
 def hlog_text(metric: str, intervals: list[Interval]) -> str:
     """The HdrHistogram interval log of one metric (every interval, empty ones too, so a
     reader sees the whole time axis)."""
-    import io
-    from datetime import datetime, timezone
-
     buf = io.StringIO()
     writer = HistogramLogWriter(buf)
     base = intervals[0].start if intervals else 0.0
@@ -234,14 +233,13 @@ def hlog_text(metric: str, intervals: list[Interval]) -> str:
     iso = datetime.fromtimestamp(base, timezone.utc).isoformat(" ")
     buf.write(f"#[StartTime: {base:.3f} (seconds since epoch), {iso}]\n")
     buf.write(f"#[BaseTime: {base:.3f} (seconds since epoch)]\n")
-    writer.base_time = base * 1000.0
     writer.output_legend()
     for iv in intervals:
-        h = iv.histograms.get(metric) or new_histogram()
-        h.set_start_time_stamp(iv.start * 1000.0)
-        h.set_end_time_stamp((iv.start + iv.length) * 1000.0)
-        # explicit relative times; 0 would make hdrh fall back to the histogram's stamps (same values)
-        writer.output_interval_histogram(h, iv.start - base, iv.start + iv.length - base, MAX_VALUE_UNIT_RATIO)
+        h = iv.histograms.get(metric)
+        blob = _as_str((h if h is not None else new_histogram()).encode())
+        top = h.get_max_value() / MAX_VALUE_UNIT_RATIO if h is not None and h.total_count else 0.0
+        # as HdrHistogram's Java writer does ("%.3f,%.3f,%.3f,%s"); hdrh's own writer floors the max to whole ms
+        buf.write(f"{iv.start - base:.3f},{iv.length:.3f},{top:.3f},{blob}\n")
     return buf.getvalue()
 
 
@@ -291,7 +289,7 @@ def load_intervals(folder: str | Path) -> tuple[float, list[Interval]]:
         raise ReportError(f"{path}: no interval log (a run by an older roombench?)")
     try:
         data = read_json(path)
-    except Exception as exc:  # read_json raises UsageError with a one-line message
+    except RoombenchError as exc:  # read_json's UsageError: one line
         raise ReportError(str(exc)) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ReportError(f"{path}: not a {SCHEMA} file")

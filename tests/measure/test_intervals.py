@@ -171,6 +171,8 @@ def test_a_real_run_intervals_add_up_to_its_totals(ref_server: Any) -> None:
     ivs = report.intervals
     assert len(ivs) >= 4
     assert all(iv.start % 0.5 == 0 for iv in ivs)
+    starts = [iv.start for iv in ivs]
+    assert starts == sorted(set(starts)) and all(iv.length > 0 for iv in ivs)
     for metric in ("ack", "fanout", "reconnect"):
         assert sum(iv.count(metric) for iv in ivs) == report.metrics.histogram(metric).total_count
     ledger = report.ledger.to_dict()
@@ -178,3 +180,23 @@ def test_a_real_run_intervals_add_up_to_its_totals(ref_server: Any) -> None:
         assert sum(iv.counts.get(key, 0) for iv in ivs) == ledger[key], key
     assert sum(iv.counts.get("forced_drops", 0) for iv in ivs) == report.counters["forced_drops"]
     assert sum(iv.count("loop_lag") for iv in ivs) == report.loop_lag.total_count
+
+
+@pytest.mark.parametrize("backfill_empty", [True, False])
+def test_lost_pairs_land_in_the_intervals_their_messages_were_sent_in(server_factory: Any,
+                                                                      backfill_empty: bool) -> None:
+    from roombench.generator import Generator, run_report
+
+    # every 2nd live copy is withheld; the final reconcile's backfill returns nothing (all
+    # lost) or all of them (none lost: the running "lost" rose every interval, then fell)
+    server = server_factory(token=REF_TOKEN, faults={"drop_live_every": 2, "backfill_empty": backfill_empty})
+    sc = Scenario(token=REF_TOKEN, rate=10.0, room_size=3, drain=1.0, ack_timeout=2.0, interval=0.5,
+                  typing_every=0, read_every=0)
+    report = run_report(Generator(server.url, sc), 3, 2.0)
+    ivs = report.intervals
+    lost = [iv.counts["lost"] for iv in ivs]
+    assert sum(lost) == report.ledger.lost
+    assert (report.ledger.lost > 0) == backfill_empty and (report.ledger.recovered > 0) != backfill_empty
+    for iv in ivs:  # never more than the pairs its own sends expected, never negative
+        assert 0 <= iv.counts["lost"] <= iv.counts.get("expected", 0), (iv.start, iv.counts)
+    assert ivs[-1].counts.get("sent", 0) == 0 and lost[-1] == 0  # the drain sends nothing, so loses nothing

@@ -10,18 +10,22 @@ it (pyperf's `_compare.py` does the same):
   pyperf's t-test: a repeat's p99 is skewed and one noisy repeat is common on a shared
   machine; U assumes no distribution and ranks are robust to that outlier. U can only be
   significant with enough repeats (4 + 4 at alpha 0.05): with fewer, the interval logs decide.
-* **Interval logs** (``<metric>.hlog`` beside summary.json): each 1 s interval's own
-  percentile; a bootstrap (2000 resamples of each side's intervals, fixed seed) of the ratio of
-  the *medians* of those per-interval percentiles. Significant when the 95% interval of the
-  ratio excludes 1. The median, so that one bad second (a GC pause, a neighbour's burst)
-  does not decide a whole run; intervals are resampled whole, so samples that queued behind
-  one another stay together.
+* **Interval logs** (``<metric>.hlog`` beside summary.json): a block bootstrap of the
+  whole-run percentile — resample the run's 1 s intervals in blocks of consecutive ones,
+  merge their histograms, take the percentile; 2000 resamples per side, fixed seed. Significant
+  when the (1 - alpha) interval of new/base excludes 1. Why this and not per-interval
+  percentiles: see bench/significance.py.
 
-Either way a change smaller than ``min_effect`` (10% by default) is "not significant":
-two runs of one server on one machine differ by about that, and a gate should not page
-anyone for it. And the row's own ratio (whole-run value, the one shown and gated) must point
-the same way and pass ``min_effect`` too, else the row is "not significant" with both reasons:
-a verdict must never contradict the numbers beside it.
+One table tests some 20 rows; at 5% each, two runs of one server would show a "significant"
+row in most comparisons. So alpha is 5% for the whole table (Bonferroni: 0.05 / rows tested
+per row), which is what "not significant for every metric" needs.
+
+Either way a change smaller than ``min_effect`` (25% by default) is "not significant". A
+test on one run per side sees only the spread *within* each run, not how much two runs differ
+as a whole; on this project's shared 2-core machine two runs of one server differed by up to
+~25% in a p50 with every interval agreeing (measured: docs/ci.md), and a gate should not page
+anyone for that. With repeats (a sweep), lower it (``--min-effect``). The ratio tested is the row's own (whole-run values, the ones shown and gated),
+so a verdict never contradicts the numbers beside it.
 """
 
 from __future__ import annotations
@@ -33,19 +37,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+from hdrh.histogram import HdrHistogram
 
 from roombench.exceptions import UsageError
-from roombench.measure.metrics import METRICS, Metrics, percentiles
+from roombench.bench.significance import bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
+from roombench.measure.intervals import read_hlog
+from roombench.measure.metrics import METRICS, Metrics
 from roombench.measure.summary import load_summary, parse_slo
 
 LATENCY_STATS = ("p50", "p90", "p99", "p999")
 _PCT = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 COUNTS = ("sent", "acked", "ack_timeouts", "live_missed", "recovered", "lost", "duplicates", "out_of_order")
 ALPHA = 0.05
-MIN_EFFECT = 0.10
-BOOTSTRAP = 2000
-MIN_INTERVALS = 5
+MIN_EFFECT = 0.25
+MIN_BLOCKS = 5
+#: a percentile is tested only with at least this many samples beyond it on each side: the
+#: bootstrap of a tail that few samples make up (a p99.9 of 300 samples is their max) is wrong
+MIN_TAIL = 50
 
 Verdict = Literal["faster", "slower", "not significant", "no data", "-"]
 
@@ -158,6 +166,8 @@ class Comparison:
     rows: list[Row]
     gates: list[GateResult] = field(default_factory=list)
     min_effect: float = MIN_EFFECT
+    #: each row's significance level (ALPHA over the rows tested, Bonferroni)
+    alpha: float = ALPHA
     #: what makes the numbers less comparable (a saturated generator, another host)
     notes: list[str] = field(default_factory=list)
 
@@ -246,22 +256,26 @@ def compare(base_path: str | Path, new_path: str | Path, gates: list[Gate] | Non
     base, new = load_side(base_path), load_side(new_path)
     rows: list[Row] = []
     new_summaries: dict[str, dict[str, Any]] = {}
-    for bkey, nkey in pair_keys(base, new):
+    pairs = pair_keys(base, new)
+    tested = sum(len(LATENCY_STATS) for bkey, nkey in pairs for metric in METRICS
+                 if merged(base.runs[bkey])["latency_ms"][metric]["count"]
+                 and merged(new.runs[nkey])["latency_ms"][metric]["count"])
+    alpha = ALPHA / max(tested, 1)
+    for bkey, nkey in pairs:
         b_runs, n_runs = base.runs[bkey], new.runs[nkey]
         b_sum, n_sum = merged(b_runs), merged(n_runs)
         new_summaries[nkey] = n_sum
         for metric in METRICS:
             if not (b_sum["latency_ms"][metric]["count"] or n_sum["latency_ms"][metric]["count"]):
                 continue
-            for stat in LATENCY_STATS:
-                rows.append(_latency_row(nkey, metric, stat, b_runs, n_runs, b_sum, n_sum, min_effect))
+            rows += _latency_rows(nkey, metric, b_runs, n_runs, b_sum, n_sum, min_effect, alpha)
         for count in COUNTS:
             b, n = b_sum["delivery"].get(count, 0), n_sum["delivery"].get(count, 0)
             rows.append(Row(nkey, count, "", b, n, None, "-", "", "a count"))
         b_err, n_err = sum(b_sum["errors"].values()), sum(n_sum["errors"].values())
         rows.append(Row(nkey, "errors", "", b_err, n_err, None, "-", "", "a count"))
     results = [res for g in gates or [] for res in g.check(rows, new_summaries)]
-    return Comparison(base, new, rows, results, min_effect, _notes(base, new))
+    return Comparison(base, new, rows, results, min_effect, alpha, _notes(base, new))
 
 
 def _notes(base: Side, new: Side) -> list[str]:
@@ -280,40 +294,44 @@ def _notes(base: Side, new: Side) -> list[str]:
     return notes
 
 
-def _latency_row(key: str, metric: str, stat: str, b_runs: list[Run], n_runs: list[Run],
-                 b_sum: dict[str, Any], n_sum: dict[str, Any], min_effect: float) -> Row:
-    b, n = b_sum["latency_ms"][metric][stat], n_sum["latency_ms"][metric][stat]
-    if b is None or n is None:
-        return Row(key, metric, stat, b, n, None, "no data", "", "no samples on one side")
-    ratio = n / b if b > 0 else math.inf
-    verdict, test, why = decide(metric, stat, b_runs, n_runs, min_effect)
-    if verdict in ("slower", "faster") and ((ratio > 1) != (verdict == "slower") or abs(ratio - 1) < min_effect):
-        # the test says one thing, the run's own number (the one shown and gated) another:
-        # no verdict a reader could not check against the table
-        verdict, why = "not significant", f"{why}; but the run's {stat} differs by {100 * (ratio - 1):+.0f}%"
-    return Row(key, metric, stat, b, n, ratio, verdict, test, why)
+def _latency_rows(key: str, metric: str, b_runs: list[Run], n_runs: list[Run], b_sum: dict[str, Any],
+                  n_sum: dict[str, Any], min_effect: float, alpha: float) -> list[Row]:
+    """One row per percentile of one metric (the interval logs are read once for all four)."""
+    boot = _Bootstrap(metric, b_runs, n_runs, alpha)
+    rows = []
+    for stat in LATENCY_STATS:
+        b, n = b_sum["latency_ms"][metric][stat], n_sum["latency_ms"][metric][stat]
+        if b is None or n is None:
+            rows.append(Row(key, metric, stat, b, n, None, "no data", "", "no samples on one side"))
+            continue
+        ratio = n / b if b > 0 else math.inf
+        verdict, test, why = decide(metric, stat, b_runs, n_runs, ratio, min_effect, alpha, boot)
+        rows.append(Row(key, metric, stat, b, n, ratio, verdict, test, why))
+    return rows
 
 
-def decide(metric: str, stat: str, b_runs: list[Run], n_runs: list[Run],
-           min_effect: float = MIN_EFFECT) -> tuple[Verdict, str, str]:
-    """(verdict, test, why): by repeats when U can decide, else by the interval logs."""
+def decide(metric: str, stat: str, b_runs: list[Run], n_runs: list[Run], ratio: float,
+           min_effect: float = MIN_EFFECT, alpha: float = ALPHA, boot: _Bootstrap | None = None
+           ) -> tuple[Verdict, str, str]:
+    """(verdict, test, why) for the whole-run ``ratio`` new/base: by the repeats when a U test
+    can decide, else by the block bootstrap over the interval logs."""
     bv = [r.summary["latency_ms"][metric][stat] for r in b_runs]
     nv = [r.summary["latency_ms"][metric][stat] for r in n_runs]
     if len(bv) >= 2 and len(nv) >= 2 and None not in bv and None not in nv and \
-            min_p_exact(len(bv), len(nv)) < ALPHA:
+            min_p_exact(len(bv), len(nv)) < alpha:
         p = mann_whitney_p(bv, nv)
-        ratio = float(np.median(nv)) / max(float(np.median(bv)), 1e-9)
-        return _verdict(ratio, p < ALPHA, min_effect, "mann-whitney-u",
+        return _verdict(ratio, p < alpha, min_effect, "mann-whitney-u",
                         f"U test over {len(bv)}+{len(nv)} repeats, p={p:.3g}")
-    b_iv, n_iv = _interval_values(b_runs, metric, stat), _interval_values(n_runs, metric, stat)
-    if b_iv is None or n_iv is None:
-        return "not significant", "", "no repeats (4+4 needed for a U test) and no interval logs"
-    if len(b_iv) < MIN_INTERVALS or len(n_iv) < MIN_INTERVALS:
-        return "not significant", "bootstrap", f"too few intervals ({len(b_iv)}, {len(n_iv)}; {MIN_INTERVALS} needed)"
-    lo, mid, hi = bootstrap_ratio(b_iv, n_iv)
-    return _verdict(mid, lo > 1.0 or hi < 1.0, min_effect, "bootstrap",
-                    f"bootstrap over {len(b_iv)}+{len(n_iv)} intervals: median ratio {mid:.2f} "
-                    f"(95% {lo:.2f}..{hi:.2f})")
+    boot = boot or _Bootstrap(metric, b_runs, n_runs, alpha)
+    problem = boot.problem()
+    if problem is not None:
+        return "not significant", problem[0], problem[1]
+    tail = boot.too_few_samples(_PCT[stat])
+    if tail:
+        return "not significant", "bootstrap", tail
+    lo, hi = boot.interval(_PCT[stat])
+    return _verdict(ratio, lo > 1.0 or hi < 1.0, min_effect, "bootstrap",
+                    f"block bootstrap over {boot.sizes}: {100 * (1 - alpha):.4g}% {lo:.2f}..{hi:.2f}")
 
 
 def _verdict(ratio: float, significant: bool, min_effect: float, test: str, why: str) -> tuple[Verdict, str, str]:
@@ -324,84 +342,71 @@ def _verdict(ratio: float, significant: bool, min_effect: float, test: str, why:
     return ("slower" if ratio > 1 else "faster"), test, why
 
 
-def _interval_values(runs: list[Run], metric: str, stat: str) -> list[float] | None:
-    """Per-interval percentile (ms) of every interval with samples, over all repeats; None
-    when a run has no interval log for the metric."""
-    from roombench.measure.intervals import read_hlog
+def min_intervals() -> int:
+    """Intervals a side needs for MIN_BLOCKS blocks (blocks of about n^(1/3) intervals)."""
+    n = MIN_BLOCKS
+    while math.ceil(n / max(1, round(n ** (1 / 3)))) < MIN_BLOCKS:
+        n += 1
+    return n
 
-    values: list[float] = []
+
+class _Bootstrap:
+    """One metric's interval logs of both sides, read on first use; the (1 - alpha) interval of the
+    whole-run percentile ratio per percentile (bench.significance)."""
+
+    def __init__(self, metric: str, b_runs: list[Run], n_runs: list[Run], alpha: float = ALPHA) -> None:
+        self.metric, self.b_runs, self.n_runs, self.alpha = metric, b_runs, n_runs, alpha
+        self._problem: tuple[str, str] | None = None  # (test, why) when it cannot decide
+        self._samples: Any = None
+        self._ci: dict[float, tuple[float, float]] = {}
+        self.sizes = ""
+        self.counts = (0, 0)
+
+    def problem(self) -> tuple[str, str] | None:
+        """Read the logs (once); (test, why) if they cannot decide, else None."""
+        if self._samples is None and self._problem is None:
+            b, n = _interval_histograms(self.b_runs, self.metric), _interval_histograms(self.n_runs, self.metric)
+            if b is None or n is None:
+                self._problem = ("", "no repeats (4+4 needed for a U test) and no interval logs")
+                return self._problem
+            nb, nn = sum(1 for h in b if h.total_count), sum(1 for h in n if h.total_count)
+            need = min_intervals()
+            if nb < need or nn < need:
+                self._problem = ("bootstrap", f"too few intervals ({nb}, {nn}; {need} needed)")
+                return self._problem
+            self.sizes = f"{nb}+{nn} intervals"
+            self.counts = (sum(h.total_count for h in b), sum(h.total_count for h in n))
+            self._samples = interval_samples(b, n)
+        return self._problem
+
+    def too_few_samples(self, pct: float) -> str:
+        """Why ``pct`` cannot be tested with these samples ("" when it can)."""
+        need = math.ceil(MIN_TAIL / (1 - pct / 100) - 1e-9)
+        if min(self.counts) < need:
+            return (f"too few samples for a p{pct:g} test ({self.counts[0]}, {self.counts[1]}; {need} needed, "
+                    f"{MIN_TAIL} beyond it)")
+        return ""
+
+    def interval(self, pct: float) -> tuple[float, float]:
+        """(2.5%, 97.5%) of new/base at ``pct``; call problem() first."""
+        if not self._ci:
+            base, new, values = self._samples
+            self._ci = bootstrap_ratio(base, new, values, list(_PCT.values()), alpha=self.alpha)
+        return self._ci[pct]
+
+
+def _interval_histograms(runs: list[Run], metric: str) -> list[HdrHistogram] | None:
+    """Every interval histogram of ``metric`` over all repeats; None when a run has no log."""
+    out: list[HdrHistogram] = []
     for r in runs:
         path = r.folder / f"{metric}.hlog"
         if not path.is_file():
             return None
-        for _start, h in read_hlog(path):
-            if h.total_count:
-                values.append(percentiles(h, [_PCT[stat]])[_PCT[stat]] / 1000.0)
-    return values
-
-
-def bootstrap_ratio(base: list[float], new: list[float], n: int = BOOTSTRAP, seed: int = 0
-                    ) -> tuple[float, float, float]:
-    """(2.5%, observed, 97.5%) of median(new) / median(base), resampling each side's values."""
-    rng = np.random.default_rng(seed)
-    b, nw = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    bm = np.median(b[rng.integers(0, len(b), (n, len(b)))], axis=1)
-    nm = np.median(nw[rng.integers(0, len(nw), (n, len(nw)))], axis=1)
-    ratios = nm / np.maximum(bm, 1e-9)
-    mid = float(np.median(nw)) / max(float(np.median(b)), 1e-9)
-    return float(np.quantile(ratios, 0.025)), mid, float(np.quantile(ratios, 0.975))
-
-
-def min_p_exact(n1: int, n2: int) -> float:
-    """The smallest two-sided p an exact U test of these sizes can give."""
-    return 2.0 / math.comb(n1 + n2, n1)
-
-
-def mann_whitney_p(a: list[float], b: list[float]) -> float:
-    """Two-sided p of the Mann-Whitney U test: exact without ties (small samples), else the
-    normal approximation with tie correction and continuity correction."""
-    n1, n2 = len(a), len(b)
-    pooled = sorted((v, i) for i, v in enumerate([*a, *b]))
-    ranks = [0.0] * (n1 + n2)
-    i = 0
-    ties = 0.0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[pooled[k][1]] = (i + j) / 2 + 1
-        t = j - i + 1
-        ties += t ** 3 - t
-        i = j + 1
-    u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
-    if ties == 0 and n1 + n2 <= 40:
-        dist = _u_distribution(n1, n2)
-        total = sum(dist)
-        low = sum(dist[: int(u) + 1]) / total
-        high = sum(dist[int(u):]) / total
-        return min(1.0, 2 * min(low, high))
-    mu = n1 * n2 / 2
-    n = n1 + n2
-    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
-    if sigma == 0:
-        return 1.0
-    z = (abs(u - mu) - 0.5) / sigma
-    return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
-
-
-def _u_distribution(n1: int, n2: int) -> list[int]:
-    """Counts of arrangements per U value (0..n1*n2), by the usual recurrence."""
-    # f[m][n][u] = f[m-1][n][u-n] + f[m][n-1][u]; keep one 2-D table per m
-    prev = [[1] + [0] * (n1 * n2) for _ in range(n2 + 1)]  # m = 0: U = 0 only
-    for m in range(1, n1 + 1):
-        cur = [[0] * (n1 * n2 + 1) for _ in range(n2 + 1)]
-        cur[0][0] = 1
-        for n in range(1, n2 + 1):
-            for u in range(n1 * n2 + 1):
-                cur[n][u] = (prev[n][u - n] if u >= n else 0) + cur[n - 1][u]
-        prev = cur
-    return prev[n2]
+        try:
+            out += [h for _start, h in read_hlog(path)]
+        except Exception as exc:  # hdrh raises bare errors on a damaged log: one line, exit 2
+            raise UsageError(f"{path}: unreadable interval log ({type(exc).__name__}: {exc})") from None
+    return out
 
 
 def _num(v: float | None) -> str:
@@ -425,7 +430,8 @@ def format_table(c: Comparison) -> str:
         lines.append(f"{r.key:<{key_w}}{r.name:<18}{_num(r.base):>10}{_num(r.new):>10}{ratio:>8}  {r.verdict}{why}")
     tests = sorted({r.test for r in c.rows if r.test})
     if tests:
-        lines.append("verdicts by: " + ", ".join(tests) + f" (alpha {ALPHA}, changes under {100 * c.min_effect:g}% "
+        lines.append("verdicts by: " + ", ".join(tests) + f" (alpha {ALPHA:g} for the table: {c.alpha:.2g} per row; "
+                     f"changes under {100 * c.min_effect:g}% "
                      "are not significant)")
     lines += [f"note: {n}" for n in c.notes]
     lines += [g.line() for g in c.gates]

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from roombench.exceptions import UsageError
-from roombench.bench.compare import (bootstrap_ratio, compare, format_table, mann_whitney_p, min_p_exact,
-                                     parse_gate)
+from roombench.bench.compare import compare, format_table, parse_gate
+from roombench.bench.significance import bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
 from roombench.chat.ledger import LedgerCounts
 from roombench.measure.intervals import Interval, write_files
 from roombench.measure.metrics import Metrics, add_values, new_histogram
@@ -31,7 +31,7 @@ def roombench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           timeout=timeout)
 
 
-def fake_run(folder: Path, scale: float, seed: int, intervals: int = 20, per_interval: int = 200,
+def fake_run(folder: Path, scale: float, seed: int, intervals: int = 20, per_interval: int = 400,
              lost: int = 0) -> Path:
     """A run folder: ack latencies lognormal around ``scale`` ms, ``intervals`` 1 s intervals."""
     rng = np.random.default_rng(seed)
@@ -70,13 +70,31 @@ def test_mann_whitney_exact_and_tied_match_known_values() -> None:
     assert min_p_exact(3, 3) > 0.05 > min_p_exact(4, 4)
 
 
-def test_bootstrap_interval_brackets_the_true_ratio() -> None:
-    rng = random.Random(1)
-    base = [rng.gauss(10, 1) for _ in range(30)]
-    lo, mid, hi = bootstrap_ratio(base, [2 * v for v in base])
-    assert lo <= 2.0 <= hi and mid == pytest.approx(2.0)
-    lo, _, hi = bootstrap_ratio(base, [rng.gauss(10, 1) for _ in range(30)])
-    assert lo < 1.0 < hi
+def _hists(scale: float, seed: int, n: int = 30, per: int = 300) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h = new_histogram()
+        add_values(h, (rng.lognormal(0.0, 0.5, per) * scale * 1000).astype(np.int64) + 1)
+        out.append(h)
+    return out
+
+
+def test_block_bootstrap_brackets_the_true_ratio() -> None:
+    base = _hists(2.0, seed=1)
+    b, n, values = interval_samples(base, _hists(4.0, seed=2))
+    ci = bootstrap_ratio(b, n, values, [50.0, 99.0])
+    for lo, hi in ci.values():
+        assert lo < 2.0 < hi and lo > 1.5
+    b, n, values = interval_samples(base, _hists(2.0, seed=3))
+    for lo, hi in bootstrap_ratio(b, n, values, [50.0, 99.0, 99.9]).values():
+        assert lo < 1.0 < hi
+    # one terrible second in a run widens its p99 interval instead of deciding it
+    spiky = _hists(2.0, seed=4)
+    add_values(spiky[7], np.full(300, 200_000, dtype=np.int64))
+    b, n, values = interval_samples(base, spiky)
+    lo, hi = bootstrap_ratio(b, n, values, [99.0])[99.0]
+    assert lo < 1.2 and hi > 10
 
 
 def test_same_distribution_is_not_significant_and_double_is_slower(tmp_path: Path) -> None:
@@ -89,22 +107,22 @@ def test_same_distribution_is_not_significant_and_double_is_slower(tmp_path: Pat
     row = ack_row(worse)
     assert row.verdict == "slower" and row.test == "bootstrap"
     assert row.ratio == pytest.approx(2.0, rel=0.15)
-    assert "bootstrap over 20+20 intervals" in row.why
+    assert "block bootstrap over 20+20 intervals" in row.why
     assert ack_row(compare(slow, a)).verdict == "faster"
     text = format_table(worse)
     assert "slower" in text and "2.0" in text
 
 
 def test_repeats_decide_by_u_test(tmp_path: Path) -> None:
-    """A sweep's repeats: 4 + 4 with every new repeat slower is significant by U."""
+    """A sweep's repeats: 4 + 4 with every new repeat slower is significant by U (exact: no ties)."""
     from roombench.bench.compare import Run, decide
     from roombench.measure.summary import load_summary
 
-    base = [Run(load_summary(fake_run(tmp_path / f"b{i}", 2.0, seed=i, intervals=3) / "summary.json"), tmp_path)
+    base = [Run(load_summary(fake_run(tmp_path / f"b{i}", 2.0 + 0.2 * i, seed=i, intervals=3) / "summary.json"), tmp_path)
             for i in range(4)]
-    new = [Run(load_summary(fake_run(tmp_path / f"n{i}", 3.0, seed=10 + i, intervals=3) / "summary.json"), tmp_path)
+    new = [Run(load_summary(fake_run(tmp_path / f"n{i}", 3.0 + 0.2 * i, seed=10 + i, intervals=3) / "summary.json"), tmp_path)
            for i in range(4)]
-    verdict, test, why = decide("ack", "p50", base, new)
+    verdict, test, why = decide("ack", "p50", base, new, ratio=1.5)
     assert (verdict, test) == ("slower", "mann-whitney-u")
     assert "4+4 repeats" in why and "p=0.0286" in why
 
@@ -172,7 +190,7 @@ def test_real_runs_delay_fault_is_slower_and_same_server_is_not(tmp_path: Path, 
 
     plain = server_factory("py", token=REF_TOKEN)
     delayed = server_factory("py", token=REF_TOKEN, faults={"ack_delay_ms": 25})
-    small = ["--users", "6", "--spawn-rate", "50", "--duration", "6", "--room-size", "3", "--rate", "10",
+    small = ["--users", "6", "--spawn-rate", "50", "--duration", "10", "--room-size", "3", "--rate", "10",
              "--drain", "2", "--token", REF_TOKEN, "--quiet"]
     procs = []
     for name, url in (("a", plain.url), ("b", plain.url), ("slow", delayed.url)):

@@ -381,7 +381,7 @@ class _Bootstrap:
 
     def too_few_samples(self, pct: float) -> str:
         """Why ``pct`` cannot be tested with these samples ("" when it can)."""
-        need = math.ceil(MIN_TAIL / (1 - pct / 100) - 1e-9)
+        need = math.ceil(round(MIN_TAIL / (1 - pct / 100), 6))  # round: 50 / 0.001 is 50000.0000001
         if min(self.counts) < need:
             return (f"too few samples for a p{pct:g} test ({self.counts[0]}, {self.counts[1]}; {need} needed, "
                     f"{MIN_TAIL} beyond it)")

@@ -221,6 +221,8 @@ def _run(args: argparse.Namespace) -> int:
 def _run_ci(args: argparse.Namespace) -> object:
     from roombench.bench.ciout import CiOutputs
 
+    if args.abort_on_fail and not args.slo:
+        raise UsageError("--abort-on-fail needs an --slo to watch (e.g. --slo 'ack.p99<250')")
     if not (args.baseline or args.fail_on or args.junit or args.markdown):
         return None
     return CiOutputs(baseline=args.baseline, fail_on=tuple(args.fail_on), junit=args.junit, markdown=args.markdown)

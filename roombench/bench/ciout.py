@@ -49,7 +49,7 @@ def gate_checks(c: Comparison) -> list[Check]:
 
 def step_checks(meta: dict[str, Any]) -> list[Check]:
     """A sweep's steps: done ones pass, failed ones fail with the error."""
-    failed = meta.get("failed", {})
+    failed, interrupted = meta.get("failed", {}), meta.get("interrupted", {})
     out = []
     for item in meta["plan"]:
         d = item["dir"]
@@ -57,6 +57,8 @@ def step_checks(meta: dict[str, Any]) -> list[Check]:
             out.append(Check("step", d, True, "done"))
         elif d in failed:
             out.append(Check("step", d, False, failed[d]))
+        elif d in interrupted:
+            out.append(Check("step", d, False, f"interrupted by {interrupted[d]}"))
     return out
 
 

@@ -89,3 +89,10 @@ def test_run_stops_early_writes_everything_and_fails(tmp_path: Path, server_fact
     assert s["latency_ms"]["ack"]["count"] > 0  # what was measured is kept
     assert (out / "ack.hlog").exists()
     assert b"abort-on-fail" in (tmp_path / "j.xml").read_bytes()
+
+
+def test_abort_on_fail_without_an_slo_is_a_usage_error(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "roombench.cli", "run", "--abort-on-fail", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--abort-on-fail needs an --slo" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -109,6 +109,9 @@ def test_same_distribution_is_not_significant_and_double_is_slower(tmp_path: Pat
     assert row.ratio == pytest.approx(2.0, rel=0.15)
     assert "block bootstrap over 20+20 intervals" in row.why
     assert ack_row(compare(slow, a)).verdict == "faster"
+    # 8000 samples: a p99.9 (50 beyond it needs 50 000) is not tested; one metric: 4 rows share alpha
+    assert "too few samples for a p99.9 test" in ack_row(worse, "p999").why
+    assert worse.alpha == pytest.approx(0.05 / 4)
     text = format_table(worse)
     assert "slower" in text and "2.0" in text
 

@@ -8,7 +8,6 @@ with and without an ack delay fault.
 from __future__ import annotations
 
 import math
-import random
 import subprocess
 import sys
 from pathlib import Path

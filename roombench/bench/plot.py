@@ -363,7 +363,7 @@ def plot_latency_over_time(run: RunData, out: Path, name: str = "latency_over_ti
     for ax, metric in zip(axes, metrics):
         stats = {k: np.full(len(x), np.nan) for k in ("p50", "p99", "max")}
         for i, iv in enumerate(run.intervals):
-            h = iv.histograms.get(metric)
+            h = iv.histogram(metric)
             if h is not None and h.total_count:
                 p = percentiles(h, [50.0, 99.0])
                 stats["p50"][i], stats["p99"][i] = p[50.0] / 1000, p[99.0] / 1000

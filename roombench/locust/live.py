@@ -67,9 +67,9 @@ def merge_snapshots(snaps: list[dict[str, Any]], now: float | None = None) -> di
     for s in snaps:
         for k, v in s["totals"].items():
             totals[k] = totals.get(k, 0) + v
-    p99 = {m: (round(percentiles(iv.histograms[m], [99.0])[99.0] / 1000, 3) if iv.count(m) else None)
-           for m in LIVE_METRICS}
-    lag = iv.histograms.get("loop_lag")
+    hists = {m: iv.histogram(m) for m in LIVE_METRICS}
+    p99 = {m: (round(percentiles(h, [99.0])[99.0] / 1000, 3) if h is not None else None) for m, h in hists.items()}
+    lag = iv.histogram("loop_lag")
     lag_p99 = percentiles(lag, [99.0])[99.0] / 1000 if lag is not None and lag.total_count else 0.0
     cpu = max(s["cpu_fraction"] for s in snaps)
     return {

@@ -31,8 +31,7 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,41 +52,119 @@ MAX_VALUE_UNIT_RATIO = 1000.0
 __all__ = ["Interval", "IntervalLog", "load_intervals", "merge_intervals", "read_hlog", "write_files"]
 
 
-@dataclass
+class _Sparse:
+    """A histogram's non-zero buckets only. A full counts array is ~188 KB (1 µs .. 1 h at 3
+    digits); a run keeps up to 11 histograms per interval, thousands of intervals."""
+
+    __slots__ = ("idx", "counts", "total", "min", "max")
+
+    def __init__(self, idx: np.ndarray, counts: np.ndarray, total: int, lo: int, hi: int) -> None:
+        self.idx, self.counts, self.total, self.min, self.max = idx, counts, total, lo, hi
+
+    @classmethod
+    def of_counts(cls, counts: np.ndarray, total: int, lo: int | None = None, hi: int | None = None) -> _Sparse:
+        """From a full counts array; ``lo`` / ``hi`` None: the edges of the outermost buckets."""
+        idx = np.flatnonzero(counts)
+        if lo is None or hi is None:
+            ref = _REF
+            lo = ref.get_lowest_equivalent_value(ref.get_value_from_index(int(idx[0])))
+            hi = ref.get_highest_equivalent_value(ref.get_value_from_index(int(idx[-1])))
+        nz = counts[idx]
+        # 4 bytes a count whenever they fit: an interval rarely holds 4 billion samples
+        small = not len(nz) or int(nz.max()) <= np.iinfo(np.uint32).max
+        return cls(idx.astype(np.int32), nz.astype(np.uint32 if small else np.uint64), total, lo, hi)
+
+    @classmethod
+    def of(cls, h: HdrHistogram) -> _Sparse:
+        return cls.of_counts(_counts_view(h), h.total_count, h.min_value, h.max_value)
+
+    def dense(self) -> HdrHistogram:
+        h = new_histogram()
+        _counts_view(h)[self.idx] = self.counts.astype(np.uint64)
+        h.total_count, h.min_value, h.max_value = self.total, self.min, self.max
+        return h
+
+    def plus(self, other: _Sparse) -> _Sparse:
+        full = np.zeros(_REF.counts_len, dtype=np.uint64)
+        full[self.idx] += self.counts
+        full[other.idx] += other.counts
+        return _Sparse.of_counts(full, self.total + other.total, min(self.min, other.min), max(self.max, other.max))
+
+
+_REF = new_histogram()  # bucket arithmetic only; never recorded into
+
+
 class Interval:
     """One interval: ``start`` is a multiple of the interval length (unix s); ``length`` is
-    the seconds of it that were measured (less for a run's first and last)."""
+    the seconds of it that were measured (less for a run's first and last); ``counts`` the
+    count deltas. Histograms (µs, :func:`~roombench.measure.metrics.new_histogram`
+    settings) are kept sparse: ``histogram(name)`` builds one, ``histograms`` all of them."""
 
-    start: float
-    length: float
-    histograms: dict[str, HdrHistogram] = field(default_factory=dict)  # only non-empty metrics
-    counts: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("start", "length", "counts", "_sparse")
+
+    def __init__(self, start: float, length: float, histograms: dict[str, HdrHistogram] | None = None,
+                 counts: dict[str, int] | None = None) -> None:
+        self.start = start
+        self.length = length
+        self.counts: dict[str, int] = dict(counts or {})
+        self._sparse: dict[str, _Sparse] = {}
+        for name, h in (histograms or {}).items():
+            self.set_histogram(name, h)
+
+    def __repr__(self) -> str:
+        return f"Interval(start={self.start}, length={self.length}, metrics={sorted(self._sparse)}, counts={self.counts})"
+
+    @property
+    def histograms(self) -> dict[str, HdrHistogram]:
+        """Every non-empty histogram, built anew (a copy: change them with set_histogram)."""
+        return {name: sp.dense() for name, sp in self._sparse.items()}
+
+    def histogram(self, name: str) -> HdrHistogram | None:
+        """One metric's histogram of this interval (a new object), None without samples."""
+        sp = self._sparse.get(name)
+        return sp.dense() if sp is not None else None
+
+    def set_histogram(self, name: str, h: HdrHistogram) -> None:
+        if h.total_count:
+            self._sparse[name] = _Sparse.of(h)
+        else:
+            self._sparse.pop(name, None)
+
+    def names(self) -> list[str]:
+        """The metrics with samples in this interval."""
+        return list(self._sparse)
 
     def add(self, other: Interval) -> None:
         """Fold another process's interval with the same start into this one."""
         self.length = max(self.length, other.length)
-        for name, h in other.histograms.items():
-            add_histogram(self.histograms.setdefault(name, new_histogram()), h)
+        for name, sp in other._sparse.items():
+            mine = self._sparse.get(name)
+            self._sparse[name] = (_Sparse(sp.idx.copy(), sp.counts.copy(), sp.total, sp.min, sp.max)
+                                  if mine is None else mine.plus(sp))
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
 
     def count(self, metric: str) -> int:
         """Samples of ``metric`` in this interval."""
-        h = self.histograms.get(metric)
-        return h.total_count if h is not None else 0
+        sp = self._sparse.get(metric)
+        return sp.total if sp is not None else 0
+
+    def drop_histograms(self) -> None:
+        self._sparse = {}
 
     def to_json(self) -> dict[str, Any]:
         return {"start": self.start, "length": self.length, "counts": dict(self.counts),
-                "histograms": {n: _as_str(h.encode()) for n, h in self.histograms.items() if h.total_count}}
+                "histograms": {n: _as_str(sp.dense().encode()) for n, sp in self._sparse.items()}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Interval:
-        hists: dict[str, HdrHistogram] = {}
+        iv = cls(start=float(d["start"]), length=float(d["length"]),
+                 counts={k: int(v) for k, v in d.get("counts", {}).items()})
         for name, blob in d.get("histograms", {}).items():
-            h = hists[name] = new_histogram()
+            h = new_histogram()
             add_histogram(h, HdrHistogram.decode(blob))
-        return cls(start=float(d["start"]), length=float(d["length"]), histograms=hists,
-                   counts={k: int(v) for k, v in d.get("counts", {}).items()})
+            iv.set_histogram(name, h)
+        return iv
 
 
 def slot(t: float, interval_s: float) -> float:
@@ -118,7 +195,7 @@ class IntervalLog:
         this interval only that are not metrics (the generator's ``loop_lag``)."""
         begin = self._last if self._last is not None else now
         start = slot(begin, self.interval_s)
-        hists: dict[str, HdrHistogram] = {}
+        sparse: dict[str, _Sparse] = {}
         metrics.flush()
         for name in METRICS:
             h = metrics.histogram(name)
@@ -133,10 +210,10 @@ class IntervalLog:
                 delta, n = cur.copy(), h.total_count
             self._prev[name] = (h, cur.copy(), h.total_count)
             if n:
-                hists[name] = _from_counts(delta, n)
+                sparse[name] = _Sparse.of_counts(delta, n)
         for name, h in (extra or {}).items():
             if h.total_count:
-                hists[name] = h
+                sparse[name] = _Sparse.of(h)
         deltas = {k: v - self._prev_counts.get(k, 0) for k, v in counts.items()}
         self._prev_counts = dict(counts)
         self._last = now
@@ -144,10 +221,11 @@ class IntervalLog:
             self._first = begin
         length = now - max(start, self._first)
         last = self.intervals[-1] if self.intervals else None
+        iv = Interval(start, length, counts=deltas)
+        iv._sparse = sparse
         if last is not None and last.start == start:
-            last.add(Interval(start, length, hists, deltas))
+            last.add(iv)
             return last
-        iv = Interval(start, length, hists, deltas)
         self.intervals.append(iv)
         return iv
 
@@ -155,7 +233,7 @@ class IntervalLog:
         """End of a warm-up: the metrics forgot their samples, so do the intervals so far
         (their counts stay: the ledger does not forget)."""
         for iv in self.intervals:
-            iv.histograms = {}
+            iv.drop_histograms()
 
     def assign_lost(self, lost_at: Iterable[tuple[float, int]]) -> None:
         """Replace every interval's ``lost`` by the pairs that stayed missing, by their
@@ -173,17 +251,6 @@ class IntervalLog:
 
     def to_json(self) -> dict[str, Any]:
         return {"interval_s": self.interval_s, "intervals": [iv.to_json() for iv in self.intervals]}
-
-
-def _from_counts(counts: np.ndarray, total: int) -> HdrHistogram:
-    """A histogram holding exactly these bucket counts (min/max at their buckets' edges)."""
-    h = new_histogram()
-    _counts_view(h)[:] = counts
-    nz = np.flatnonzero(counts)
-    h.total_count = total
-    h.min_value = h.get_lowest_equivalent_value(h.get_value_from_index(int(nz[0])))
-    h.max_value = h.get_highest_equivalent_value(h.get_value_from_index(int(nz[-1])))
-    return h
 
 
 def _as_str(blob: bytes | str) -> str:
@@ -235,7 +302,7 @@ def hlog_text(metric: str, intervals: list[Interval]) -> str:
     buf.write(f"#[BaseTime: {base:.3f} (seconds since epoch)]\n")
     writer.output_legend()
     for iv in intervals:
-        h = iv.histograms.get(metric)
+        h = iv.histogram(metric)
         blob = _as_str((h if h is not None else new_histogram()).encode())
         top = h.get_max_value() / MAX_VALUE_UNIT_RATIO if h is not None and h.total_count else 0.0
         # as HdrHistogram's Java writer does ("%.3f,%.3f,%.3f,%s"); hdrh's own writer floors the max to whole ms
@@ -263,18 +330,21 @@ def write_files(folder: str | Path, interval_s: float, intervals: list[Interval]
     return written
 
 
-def read_hlog(path: str | Path) -> list[tuple[float, HdrHistogram]]:
-    """Every interval of an hlog file as (absolute start, unix s; histogram in µs)."""
+def iter_hlog(path: str | Path) -> Iterator[tuple[float, HdrHistogram]]:
+    """Each interval of an hlog file as (absolute start, unix s; histogram in µs), one at a time."""
     reader = HistogramLogReader(str(path), new_histogram())
-    out: list[tuple[float, HdrHistogram]] = []
     try:
         while (h := reader.get_next_interval_histogram()) is not None:
             mine = new_histogram()
             add_histogram(mine, h)
-            out.append((h.get_start_time_stamp() / 1000.0, mine))
+            yield h.get_start_time_stamp() / 1000.0, mine
     finally:
         reader.close()
-    return out
+
+
+def read_hlog(path: str | Path) -> list[tuple[float, HdrHistogram]]:
+    """Every interval of an hlog file (see iter_hlog; each histogram is ~188 KB in memory)."""
+    return list(iter_hlog(path))
 
 
 def load_intervals(folder: str | Path) -> tuple[float, list[Interval]]:
@@ -302,8 +372,8 @@ def load_intervals(folder: str | Path) -> tuple[float, list[Interval]]:
     by_start = {round(iv.start, 3): iv for iv in intervals}
     for hlog in sorted(folder.glob(f"*{HLOG_SUFFIX}")):
         metric = hlog.name[: -len(HLOG_SUFFIX)]
-        for start, h in read_hlog(hlog):
+        for start, h in iter_hlog(hlog):
             iv = by_start.get(round(start, 3))
-            if iv is not None and h.total_count:
-                iv.histograms[metric] = h
+            if iv is not None:
+                iv.set_histogram(metric, h)
     return interval_s, intervals

@@ -62,7 +62,7 @@ def test_plot_of_one_run_shows_its_drops_over_time(run_folder: Path) -> None:
     s = orjson.loads((run_folder / "summary.json").read_bytes())
     drops = _events(run)["forced_drops"]
     assert drops.sum() == s["delivery"]["forced_drops"] > 0  # every drop on the time axis
-    assert run.x()[0] == pytest.approx(0.5) and len(run.x()) >= 4
+    assert run.x()[0] == pytest.approx(0.5) and len(run.x()) >= 3, run.x()
 
 
 @pytest.mark.timeout(60)

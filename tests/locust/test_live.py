@@ -48,7 +48,7 @@ def test_live_flags_a_lagging_generator() -> None:
     lag.record_value(80_000)
     from roombench.measure.intervals import Interval
     iv = Interval.from_json(snap["interval"])
-    iv.histograms["loop_lag"] = lag
+    iv.set_histogram("loop_lag", lag)
     snap["interval"] = iv.to_json()
     live = merge_snapshots([snap], now=T0 + 2)
     assert live["saturated"] and live["loop_lag_p99_ms"] == pytest.approx(80, rel=0.01)

@@ -200,3 +200,22 @@ def test_lost_pairs_land_in_the_intervals_their_messages_were_sent_in(server_fac
     for iv in ivs:  # never more than the pairs its own sends expected, never negative
         assert 0 <= iv.counts["lost"] <= iv.counts.get("expected", 0), (iv.start, iv.counts)
     assert ivs[-1].counts.get("sent", 0) == 0 and lost[-1] == 0  # the drain sends nothing, so loses nothing
+
+
+def test_intervals_keep_only_their_non_empty_buckets() -> None:
+    import tracemalloc
+
+    m, log = Metrics(), IntervalLog(1.0, started=T0)
+    rng = np.random.default_rng(3)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(200):
+        for s in rng.lognormal(-5, 1, 1000):
+            m.record("ack", float(s))
+        m.record("fanout", 0.001)
+        log.tick(T0 + i + 1, m, {})
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    # a full counts array is ~188 KB: 400 of them would be 75 MB
+    assert grown < 8_000_000, grown
+    assert sum(iv.count("ack") for iv in log.intervals) == m.histogram("ack").total_count == 200_000

@@ -96,6 +96,10 @@ class RunOptions:
                 raise UsageError("--server starts a server variant and --host names a running one: give one of them")
             if self.server not in VARIANTS:
                 raise UsageError(f"--server {self.server!r}: unknown variant; known: {', '.join(sorted(VARIANTS))}")
+            speaks = VARIANTS[self.server].transport
+            if (speaks == "ws") != (self.scenario.transport == "ws"):
+                raise UsageError(f"--server {self.server} speaks {'a plain WebSocket' if speaks == 'ws' else 'Socket.IO'}: "
+                                 f"use --transport {'ws' if speaks == 'ws' else 'lean or compat'}")
         if self.chaos is not None:
             if self.host is not None and self.target is None:
                 raise UsageError("--chaos kills and pauses a server roombench starts: drop --host (or use --server)")
@@ -173,10 +177,6 @@ class _Signals:
         self.signum = signum
         if not self.deferred:
             raise Interrupted(signum)
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
 
 
 _SIGNALS = _Signals()

@@ -21,7 +21,9 @@ A sweep file::
 
 Layout: ``run.json`` (machine, software, the plan, each step's status) and
 ``<variant>/s<step>-r<repeat>/summary.json`` (+ Locust CSVs). A finished step is never
-redone: ``--resume DIR`` picks up an interrupted sweep where it stopped.
+redone: ``--resume DIR`` picks up an interrupted sweep where it stopped, redoing the steps
+recorded ``interrupted`` (a SIGINT/SIGTERM cut them short) or ``failed``. ``chaos = "..."``
+on a variant or a step (see bench.chaos) hurts the server the sweep started during it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -201,6 +204,8 @@ def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path
             meta["finished"] = time.time()
             if sig.signum is not None:
                 meta["interrupted_by"] = signal.Signals(sig.signum).name
+                print(f"sweep interrupted by {meta['interrupted_by']}; finish it with: "
+                      f"roombench sweep {path} --resume {out}", file=sys.stderr, flush=True)
             else:
                 meta.pop("interrupted_by", None)
             write_json(meta_path, meta)

@@ -20,7 +20,8 @@ class Variant:
 
     ``app_factory`` ("module:function") builds an ASGI app from ``token=`` and ``faults=``;
     ``python -m roombench.servers <name>`` serves it. ``command``, when given, replaces that:
-    it gets (host, port, token) and returns the argv of a foreign server. ``processes``: how
+    it gets (host, port, token) and returns the argv of a foreign server (never with the token
+    in it: every local user can read a command line; the server reads $ROOMBENCH_SERVER_TOKEN). ``processes``: how
     many processes of it :func:`start_server` runs, one port each (the generator spreads
     users over their URLs). ``redis``: :func:`start_server` first starts a private
     ``redis-server`` and passes every process ``--redis redis://127.0.0.1:P/0``.

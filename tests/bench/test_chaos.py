@@ -60,6 +60,8 @@ def test_bad_specs_are_one_usage_error(spec: str, needle: str) -> None:
     (["--chaos", "kill-every=2s", "--host", "http://127.0.0.1:1"], "drop --host"),
     (["--server", "py", "--host", "http://127.0.0.1:1"], "give one of them"),
     (["--server", "nope"], "invalid choice"),
+    (["--server", "ws"], "use --transport ws"),
+    (["--server", "py", "--transport", "ws"], "use --transport lean or compat"),
 ])
 def test_bad_chaos_and_server_options_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     res = roombench("run", "--out", str(tmp_path), *args, timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,17 @@ def test_the_token_reaches_locust_by_environment_never_its_command_line(tmp_path
     assert res.returncode == 0, res.stdout + res.stderr
     written = b"".join(p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file())
     assert REF_TOKEN.encode() not in written
+
+
+@pytest.mark.timeout(60)
+def test_on_tick_is_called_about_once_a_second_while_locust_runs(tmp_path: Path) -> None:
+    from roombench.bench.run import RunOptions, run
+    from roombench.chat.scenario import Scenario
+
+    ticks: list[float] = []
+    opts = RunOptions(users=2, duration=3, out=tmp_path, quiet=True, scenario=Scenario(room_size=2, drain=1),
+                      on_tick=lambda: ticks.append(time.monotonic()))
+    assert run(opts) == 0
+    assert len(ticks) >= 3
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert all(0.9 < g < 1.5 for g in gaps), gaps

@@ -37,11 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hdrh.histogram import HdrHistogram
-
 from roombench.exceptions import UsageError
-from roombench.bench.significance import bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
-from roombench.measure.intervals import read_hlog
+from roombench.bench.significance import Sparse, bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
+from roombench.measure.intervals import iter_hlog
 from roombench.measure.metrics import METRICS, Metrics
 from roombench.measure.summary import load_summary, parse_slo
 
@@ -369,13 +367,13 @@ class _Bootstrap:
             if b is None or n is None:
                 self._problem = ("", "no repeats (4+4 needed for a U test) and no interval logs")
                 return self._problem
-            nb, nn = sum(1 for h in b if h.total_count), sum(1 for h in n if h.total_count)
+            nb, nn = sum(1 for h in b if h.total), sum(1 for h in n if h.total)
             need = min_intervals()
             if nb < need or nn < need:
                 self._problem = ("bootstrap", f"too few intervals ({nb}, {nn}; {need} needed)")
                 return self._problem
             self.sizes = f"{nb}+{nn} intervals"
-            self.counts = (sum(h.total_count for h in b), sum(h.total_count for h in n))
+            self.counts = (sum(h.total for h in b), sum(h.total for h in n))
             self._samples = interval_samples(b, n)
         return self._problem
 
@@ -395,15 +393,15 @@ class _Bootstrap:
         return self._ci[pct]
 
 
-def _interval_histograms(runs: list[Run], metric: str) -> list[HdrHistogram] | None:
-    """Every interval histogram of ``metric`` over all repeats; None when a run has no log."""
-    out: list[HdrHistogram] = []
+def _interval_histograms(runs: list[Run], metric: str) -> list[Sparse] | None:
+    """Every interval of ``metric`` over all repeats, sparse; None when a run has no log."""
+    out: list[Sparse] = []
     for r in runs:
         path = r.folder / f"{metric}.hlog"
         if not path.is_file():
             return None
         try:
-            out += [h for _start, h in read_hlog(path)]
+            out += [Sparse.of(h) for _start, h in iter_hlog(path)]
         except Exception as exc:  # hdrh raises bare errors on a damaged log: one line, exit 2
             raise UsageError(f"{path}: unreadable interval log ({type(exc).__name__}: {exc})") from None
     return out

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from roombench.measure.metrics import new_histogram
+
 #: resamples: enough for the 0.1% tails a Bonferroni-corrected table asks for
 BOOTSTRAP = 4000
 SEED = 0
@@ -89,23 +91,42 @@ class IntervalSample:
         return int(self.counts.shape[0])
 
 
-def interval_samples(base: list[HdrHistogram], new: list[HdrHistogram]
-                     ) -> tuple[IntervalSample, IntervalSample, np.ndarray]:
-    """Both sides' non-empty intervals on one shared bucket axis, and each bucket's value (µs,
-    its highest equivalent value, as measure.metrics.percentiles reports)."""
-    def matrix(hs: list[HdrHistogram]) -> np.ndarray:
-        rows = [np.ctypeslib.as_array(h.counts)[: h.counts_len].astype(np.int64) for h in hs if h.total_count]
-        return np.vstack(rows) if rows else np.zeros((0, 1), dtype=np.int64)
+@dataclass(frozen=True)
+class Sparse:
+    """One interval histogram's non-empty buckets (a dense one is ~188 KB: a 10-minute run's
+    600 of them must not all be held at once)."""
 
-    b, n = matrix(base), matrix(new)
-    width = max(b.shape[1], n.shape[1])
-    b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
-    n = np.pad(n, ((0, 0), (0, width - n.shape[1])))
-    used = np.flatnonzero(b.sum(axis=0) + n.sum(axis=0))
-    ref = next(h for h in [*base, *new] if h.total_count)
+    idx: np.ndarray  # bucket indices, int64
+    counts: np.ndarray  # their counts, int64
+
+    @classmethod
+    def of(cls, h: HdrHistogram) -> Sparse:
+        dense = np.ctypeslib.as_array(h.counts)[: h.counts_len]
+        idx = np.flatnonzero(dense)
+        return cls(idx.astype(np.int64), dense[idx].astype(np.int64))
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+def interval_samples(base: list[Sparse], new: list[Sparse]) -> tuple[IntervalSample, IntervalSample, np.ndarray]:
+    """Both sides' non-empty intervals on one shared bucket axis (the buckets either side
+    used), and each bucket's value in µs: its highest equivalent value, as
+    measure.metrics.percentiles reports."""
+    base, new = [s for s in base if s.total], [s for s in new if s.total]
+    used = np.unique(np.concatenate([s.idx for s in [*base, *new]] or [np.zeros(0, dtype=np.int64)]))
+
+    def matrix(side: list[Sparse]) -> np.ndarray:
+        m = np.zeros((len(side), len(used)), dtype=np.int64)
+        for row, s in enumerate(side):
+            m[row, np.searchsorted(used, s.idx)] = s.counts
+        return m
+
+    ref = new_histogram()
     values = np.array([ref.get_highest_equivalent_value(ref.get_value_from_index(int(i))) for i in used],
                       dtype=np.float64)
-    return IntervalSample(b[:, used]), IntervalSample(n[:, used]), values
+    return IntervalSample(matrix(base)), IntervalSample(matrix(new)), values
 
 
 def _blocks(sample: IntervalSample) -> np.ndarray:

@@ -84,7 +84,7 @@ def merge_snapshots(snaps: list[dict[str, Any]], now: float | None = None) -> di
             "p99_ms": p99,
             # the interval's own ack / fan-out histograms (encoded): --abort-on-fail counts the
             # samples over an SLO's bound exactly (bench.abort)
-            "histograms": {m: h for m, h in iv.to_json()["histograms"].items() if m in LIVE_METRICS},
+            "histograms": {m: h.encode().decode() for m in LIVE_METRICS if (h := iv.histogram(m)) is not None},
         },
         "totals": totals,
         "overdue": sum(s["overdue"] for s in snaps),

@@ -18,7 +18,7 @@ import pytest
 
 from roombench.exceptions import UsageError
 from roombench.bench.compare import compare, format_table, parse_gate
-from roombench.bench.significance import bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
+from roombench.bench.significance import Sparse, bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
 from roombench.chat.ledger import LedgerCounts
 from roombench.measure.intervals import Interval, write_files
 from roombench.measure.metrics import Metrics, add_values, new_histogram
@@ -79,19 +79,23 @@ def _hists(scale: float, seed: int, n: int = 30, per: int = 300) -> list[Any]:
     return out
 
 
+def sparse(hs: list[Any]) -> list[Sparse]:
+    return [Sparse.of(h) for h in hs]
+
+
 def test_block_bootstrap_brackets_the_true_ratio() -> None:
     base = _hists(2.0, seed=1)
-    b, n, values = interval_samples(base, _hists(4.0, seed=2))
+    b, n, values = interval_samples(sparse(base), sparse(_hists(4.0, seed=2)))
     ci = bootstrap_ratio(b, n, values, [50.0, 99.0])
     for lo, hi in ci.values():
         assert lo < 2.0 < hi and lo > 1.5
-    b, n, values = interval_samples(base, _hists(2.0, seed=3))
+    b, n, values = interval_samples(sparse(base), sparse(_hists(2.0, seed=3)))
     for lo, hi in bootstrap_ratio(b, n, values, [50.0, 99.0, 99.9]).values():
         assert lo < 1.0 < hi
     # one terrible second in a run widens its p99 interval instead of deciding it
     spiky = _hists(2.0, seed=4)
     add_values(spiky[7], np.full(300, 200_000, dtype=np.int64))
-    b, n, values = interval_samples(base, spiky)
+    b, n, values = interval_samples(sparse(base), sparse(spiky))
     lo, hi = bootstrap_ratio(b, n, values, [99.0])[99.0]
     assert lo < 1.2 and hi > 10
 

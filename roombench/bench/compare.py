@@ -189,7 +189,10 @@ def parse_gate(expr: str) -> Gate:
     if not m:
         raise UsageError(f"bad --fail-on {expr!r}: expected e.g. 'ack.p99>+10%', 'ack.p99>+5ms', 'lost>0'")
     name, stat, op, sign, number, unit = m.groups()
-    parse_slo(f"{name}{'.' + stat if stat else ''}{op}0")  # the name and stat, checked like --slo
+    try:
+        parse_slo(f"{name}{'.' + stat if stat else ''}{op}0")  # the name and stat, checked like --slo
+    except UsageError as exc:
+        raise UsageError(f"bad --fail-on {expr!r}: {str(exc).split(': ', 1)[-1]}") from None
     relative: Literal["", "%", "delta"] = "%" if unit == "%" else ("delta" if sign else "")
     if relative and name not in METRICS:
         raise UsageError(f"bad --fail-on {expr!r}: a relative gate (+N% or +N ms) needs a latency metric "

@@ -13,6 +13,7 @@ import pytest
 from roombench.bench.ciout import Check, junit_xml
 from tests.bench.test_compare import fake_run
 
+BASELINE = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "embedded-smoke"
 SMALL = ["--users", "4", "--spawn-rate", "50", "--duration", "2", "--room-size", "2", "--rate", "5", "--drain", "2"]
 
 
@@ -102,3 +103,17 @@ def test_sweep_writes_junit_per_step_and_markdown(tmp_path: Path) -> None:
     assert cases[0].find("failure") is None
     text = md.read_text()
     assert "### Step 0: rate=2, users=2" in text and "| py |" in text and "✅ pass" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--baseline", "/nonexistent"], "not a summary.json nor a result folder"),
+    (["--fail-on", "ack.p99>+10%"], "needs --baseline"),
+    (["--fail-on", "ack.p99>>1"], "bad --fail-on"),
+    (["--baseline", str(BASELINE), "--fail-on", "nonsense>1"], "bad --fail-on 'nonsense>1'"),
+])
+def test_bad_gate_options_on_run_are_one_line_before_anything_runs(tmp_path: Path, args: list[str],
+                                                                   needle: str) -> None:
+    res = roombench("run", "--out", str(tmp_path / "r"), *args, timeout=30)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()

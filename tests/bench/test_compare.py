@@ -153,7 +153,8 @@ def test_parse_gate(expr: str, relative: str, limit: float) -> None:
 
 
 @pytest.mark.parametrize("expr,needle", [
-    ("ack.p99>>10%", "bad --fail-on"), ("nonsense.p99>+10%", "unknown metric"),
+    ("ack.p99>>10%", "bad --fail-on"), ("nonsense.p99>+10%", "bad --fail-on 'nonsense.p99>\\+10%': unknown metric"),
+    ("ack.p12>+10%", "bad --fail-on 'ack.p12>\\+10%': 'p12' is not one of"),
     ("lost>+10%", "needs a latency metric"), ("ack.count>+10%", "relative gates compare"),
 ])
 def test_bad_gate_is_a_usage_error(expr: str, needle: str) -> None:

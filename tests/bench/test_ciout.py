@@ -117,3 +117,23 @@ def test_bad_gate_options_on_run_are_one_line_before_anything_runs(tmp_path: Pat
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_committed_baseline_loads_and_matches_itself() -> None:
+    res = roombench("compare", str(BASELINE), str(BASELINE / "summary.json"), "--fail-on", "ack.p99>+1%")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "slower" not in res.stdout and "faster" not in res.stdout and "ack.p99" in res.stdout
+
+
+@pytest.mark.timeout(90)
+def test_run_against_a_baseline_gates_and_reports_it(tmp_path: Path) -> None:
+    md = tmp_path / "s.md"
+    res = roombench("run", *SMALL, "--out", str(tmp_path / "run"), "--baseline", str(BASELINE),
+                    "--fail-on", "ack.p50>+10%", "--fail-on", "acked>0", "--markdown", str(md))
+    assert res.returncode == 1, res.stdout + res.stderr  # acked>0 is true for any run that acked
+    # a 2 s run has too few intervals to be called slower than anything: the relative gate holds
+    assert "gate ack.p50>+10%: PASS" in res.stdout and "too few intervals" in res.stdout
+    assert "gate acked>0: FAIL" in res.stdout
+    assert f"base: {BASELINE}" in res.stdout
+    text = md.read_text()
+    assert "### against the baseline" in text and "| ack.p50 |" in text and "❌ FAIL" in text

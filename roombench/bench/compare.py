@@ -12,7 +12,7 @@ it (pyperf's `_compare.py` does the same):
   significant with enough repeats (4 + 4 at alpha 0.05): with fewer, the interval logs decide.
 * **Interval logs** (``<metric>.hlog`` beside summary.json): a block bootstrap of the
   whole-run percentile — resample the run's 1 s intervals in blocks of consecutive ones,
-  merge their histograms, take the percentile; 2000 resamples per side, fixed seed. Significant
+  merge their histograms, take the percentile; 4000 resamples per side, fixed seed. Significant
   when the (1 - alpha) interval of new/base excludes 1. Why this and not per-interval
   percentiles: see bench/significance.py.
 

@@ -9,7 +9,8 @@ it (pyperf's `_compare.py` does the same):
   over the repeats' values of that statistic, exact when there are no ties. Why U and not
   pyperf's t-test: a repeat's p99 is skewed and one noisy repeat is common on a shared
   machine; U assumes no distribution and ranks are robust to that outlier. U can only be
-  significant with enough repeats (4 + 4 at alpha 0.05): with fewer, the interval logs decide.
+  significant with enough repeats (4 + 4 at alpha 0.05, 6 + 6 at a 20-row table's per-row
+  alpha below): with fewer, the interval logs decide.
 * **Interval logs** (``<metric>.hlog`` beside summary.json): a block bootstrap of the
   whole-run percentile — resample the run's 1 s intervals in blocks of consecutive ones,
   merge their histograms, take the percentile; 4000 resamples per side, fixed seed. Significant

@@ -1,4 +1,4 @@
-"""`roombench <verb>`: run, sweep, plot, check, serve. Exit codes: 0 ok, 1 a gate failed, 2 usage or input error."""
+"""`roombench <verb>`: run, sweep, compare, plot, check, serve. Exit codes: 0 ok, 1 a gate failed, 2 usage or input error."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="result folder, created if missing (default results/<run-id>/)")
     r.add_argument("--slo", action="append", default=[], metavar="EXPR",
                    help="gate, repeatable: 'ack.p99<50' (ms), 'fanout.p999<=100', 'lost==0', 'errors==0'")
-    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.add_argument("--quiet", action="store_true", help="print nothing but errors (no progress line either)")
     r.add_argument("--profile", metavar="FILE", help=_PROFILE_HELP)
+    _gate_arguments(r)
     _add_fault_arguments(r)
     add_arguments(r)
     ack_follows_profile(r)
@@ -63,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("file", type=Path, help="sweep file, e.g. bench/sweeps/smoke.toml")
     w.add_argument("--resume", type=Path, metavar="DIR", help="finish an interrupted sweep in DIR")
     w.add_argument("--plot", action="store_true", help="also write the figures and report.md when done")
+    w.add_argument("--quiet", action="store_true", help="no live progress line")
+    _ci_arguments(w)
+
+    cp = sub.add_parser("compare", help="base vs new (summary.json or result folders): ratios, verdicts, gates")
+    cp.add_argument("base", type=Path, help="baseline: a summary.json, a run folder or a sweep folder")
+    cp.add_argument("new", type=Path, help="the run to judge: same kinds")
+    cp.add_argument("--fail-on", action="append", default=[], metavar="EXPR",
+                    help="regression gate, repeatable: exit 1 when true, e.g. 'ack.p99>+30%%' (significant "
+                    "and more than 30%% over the base), 'fanout.p99>+5ms', 'lost>0', 'ack.p99>50'")
+    cp.add_argument("--min-effect", type=float, default=25.0, metavar="PCT",
+                    help="changes smaller than this (%%) are 'not significant' (default 25: what two single "
+                    "runs of one server differ by on a shared machine; lower it with repeats)")
+    _ci_arguments(cp)
 
     pl = sub.add_parser("plot", help="PNG figures from a run's result folder, or figures and report.md from a sweep's")
     pl.add_argument("folder", type=Path, help="results/<run-id> (a run or a sweep)")
@@ -78,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--token", default=None, help="require this auth token")
     return p
+
+
+def _ci_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML: one testcase per SLO / gate / step")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (for a CI job summary page)")
+
+
+def _gate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", type=Path, metavar="FILE",
+                   help="compare the run against this summary.json or result folder at the end")
+    p.add_argument("--fail-on", action="append", default=[], metavar="EXPR",
+                   help="regression gate against --baseline, repeatable: 'ack.p99>+10%%', 'lost>0' (see compare)")
+    p.add_argument("--abort-on-fail", action="store_true",
+                   help="stop early once an --slo can no longer be met (still writes what was measured)")
+    _ci_arguments(p)
 
 
 def _add_fault_arguments(r: argparse.ArgumentParser) -> None:
@@ -123,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plot(args)
         if args.verb == "proxy":
             return _proxy(args)
+        if args.verb == "compare":
+            return _compare(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         return _interrupted(exc)
     except RoombenchError as exc:  # UsageError included
@@ -134,13 +165,42 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from roombench.bench.sweep import sweep
 
-    out = sweep(args.file, resume=args.resume)
+    out = sweep(args.file, resume=args.resume, progress=not args.quiet)
     if args.plot:
         from roombench.bench.plot import plot_all
 
         plot_all(out)
+    _sweep_outputs(args, out)
     print(out)  # last line: the run folder, for scripts
     return 0
+
+
+def _sweep_outputs(args: argparse.Namespace, out: Path) -> None:
+    """--junit / --markdown of a finished sweep (a failed step is a failed testcase)."""
+    from roombench.bench.ciout import junit_xml, step_checks, sweep_markdown, write_text
+    from roombench.bench.sweep import load_run
+
+    checks = step_checks(load_run(out))
+    if args.junit:
+        write_text(args.junit, junit_xml(checks, suite="roombench-sweep"))
+    if args.markdown:
+        write_text(args.markdown, sweep_markdown(out))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from roombench.bench.ciout import compare_markdown, gate_checks, junit_xml, write_text
+    from roombench.bench.compare import compare, format_table, parse_gate
+
+    if not (math.isfinite(args.min_effect) and 0 <= args.min_effect < 1000):
+        raise UsageError(f"--min-effect must be a percentage >= 0, got {args.min_effect}")
+    gates = [parse_gate(g) for g in args.fail_on]
+    c = compare(args.base, args.new, gates, min_effect=args.min_effect / 100)
+    print(format_table(c))
+    if args.junit:
+        write_text(args.junit, junit_xml(gate_checks(c), suite="roombench-compare"))
+    if args.markdown:
+        write_text(args.markdown, compare_markdown(c))
+    return 0 if c.ok else 1
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -159,9 +219,20 @@ def _run(args: argparse.Namespace) -> int:
     args.ack = profile.ack_for(args.ack)
     opts = RunOptions(host=args.host, users=args.users, spawn_rate=args.spawn_rate, processes=args.processes, duration=args.duration,
                       out=args.out, slos=args.slo, scenario=Scenario.from_namespace(args), quiet=args.quiet,
-                      profile=profile, server=args.server, chaos=args.chaos)
+                      profile=profile, server=args.server, chaos=args.chaos, abort_on_fail=args.abort_on_fail,
+                      ci=_run_ci(args))
     opts.impair = _impair_option(args)
     return run(opts)
+
+
+def _run_ci(args: argparse.Namespace) -> object:
+    from roombench.bench.ciout import CiOutputs
+
+    if args.abort_on_fail and not args.slo:
+        raise UsageError("--abort-on-fail needs an --slo to watch (e.g. --slo 'ack.p99<250')")
+    if not (args.baseline or args.fail_on or args.junit or args.markdown):
+        return None
+    return CiOutputs(baseline=args.baseline, fail_on=tuple(args.fail_on), junit=args.junit, markdown=args.markdown)
 
 
 def _check_run_options(args: argparse.Namespace) -> None:

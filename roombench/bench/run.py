@@ -65,6 +65,14 @@ class RunOptions:
     on_tick: Callable[[], None] | None = None
     #: network impairment SPEC (servers/proxy.py): the load goes through a proxy that applies it
     impair: str | None = None
+    #: live status line while the child runs (bench.progress); None: unless quiet
+    progress: bool | None = None
+    #: prefix of the status line (a sweep's step)
+    label: str = ""
+    #: stop early once an SLO can no longer be met (bench.abort)
+    abort_on_fail: bool = False
+    #: --baseline/--fail-on/--junit/--markdown, done after summary.json is written (bench.ciout)
+    ci: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.profile, Profile):
@@ -213,6 +221,8 @@ def run(opts: RunOptions) -> int:
     gate passes). Raises RoombenchError, or Interrupted when a signal came before Locust ran."""
     opts.validate()
     slos = [parse_slo(s) for s in opts.slos]
+    if opts.ci is not None:
+        opts.ci.validate()  # bad --fail-on / --baseline: before anything starts
     run_id = new_run_id()
     out = opts.out or Path("results") / run_id
     out.mkdir(parents=True, exist_ok=True)
@@ -228,14 +238,20 @@ def run(opts: RunOptions) -> int:
             from roombench.transport.probe import preflight  # gevent only when a run starts
             for one in host.split(","):
                 preflight(one.strip(), scenario.token or None, opts.wire, scenario.transport)
+            from roombench.bench.progress import make_watch  # status line, --abort-on-fail
+
+            watch = make_watch(opts, out, scenario, slos)
             with _deferred(sig):
-                summary, chaos = _run_impaired(opts, host, out, scenario, server or opts.target, sig)
+                try:
+                    summary, chaos = _run_impaired(opts, host, out, scenario, server or opts.target, sig, watch)
+                finally:
+                    watch.close()
         finally:
             if server is not None:
                 with _deferred(sig):
                     server.stop()
         with _deferred(sig):
-            return _finish(opts, summary, chaos, slos, run_id, out, server, sig.signum)
+            return _finish(opts, summary, chaos, slos, run_id, out, server, sig.signum, watch)
 
 
 def _start_own_server(opts: RunOptions, scenario: Scenario, out: Path) -> tuple[ServerProcess, Scenario]:
@@ -247,7 +263,7 @@ def _start_own_server(opts: RunOptions, scenario: Scenario, out: Path) -> tuple[
 
 
 def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any]] | None, slos: list[Any],
-            run_id: str, out: Path, server: ServerProcess | None, signum: int | None) -> int:
+            run_id: str, out: Path, server: ServerProcess | None, signum: int | None, watch: Any = None) -> int:
     meta = summary["metadata"]
     meta["run_id"] = run_id
     meta["embedded_server"] = server is not None
@@ -261,6 +277,8 @@ def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any
         meta["chaos"] = chaos
     meta["interrupted"] = signum is not None
     ok = apply_slos(summary, slos)
+    if watch is not None:
+        ok = watch.mark(summary) and ok  # aborted (--abort-on-fail): its gate fails
     write_json(out / "summary.json", summary)
     if not opts.quiet:
         print(format_table(summary))
@@ -269,13 +287,16 @@ def _finish(opts: RunOptions, summary: dict[str, Any], chaos: list[dict[str, Any
         if signum is not None:
             print(f"interrupted by {signal.Signals(signum).name}: the results cover only what ran")
         print(f"results: {out}")
+    if opts.ci is not None:
+        ok = opts.ci.finish(out, summary, quiet=opts.quiet) and ok
     if signum is not None:
         return 128 + signum  # an interrupted run never passes a gate
     return 0 if ok else 1
 
 
 def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, server: ServerProcess | None,
-                sig: _Signals) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+                sig: _Signals, watch: Callable[[], bool] | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """Run the Locust child to its end (or a signal's); its summary and the chaos actions."""
     cmd = locust_command(opts, host, out, scenario)
     if not opts.quiet:
@@ -296,7 +317,7 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
         try:
             if chaos is not None:
                 chaos.start()
-            _wait_locust(proc, opts, sig, limit, grace)
+            _wait_locust(proc, opts, sig, limit, grace, watch)
         finally:
             actions = chaos.stop() if chaos is not None else None
             stop_group(proc, 0)  # what is left of its group (the leader is exited, or killed now)
@@ -309,7 +330,8 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
     return load_summary(path), actions
 
 
-def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals, limit: float, grace: float) -> None:
+def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals, limit: float, grace: float,
+                 watch: Callable[[], bool] | None = None) -> None:
     """Wait for the Locust child; on a signal (or past ``limit`` s) SIGTERM its master, which
     stops the load and writes what it measured, and SIGKILL its group after ``grace`` s.
     ``opts.on_tick()`` about once a second meanwhile."""
@@ -324,18 +346,22 @@ def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals,
         if stop_by is not None and now > stop_by:
             break
         if opts.on_tick is not None and now >= next_tick:
-            next_tick = now + 1.0
             opts.on_tick()
+        if watch is not None and now >= next_tick and watch() and stop_by is None:
+            proc.send_signal(signal.SIGTERM)  # --abort-on-fail: Locust stops and writes what it measured
+            stop_by = now + grace
+        if now >= next_tick:
+            next_tick = now + 1.0
         time.sleep(0.05)
 
 
 def _run_impaired(opts: RunOptions, host: str, out: Path, scenario: Scenario, server: ServerProcess | None,
-                  sig: _Signals) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+                  sig: _Signals, watch: Any) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """Locust against ``host``, or with ``opts.impair`` against a proxy in front of it
     (its own process, stopped in ``finally``; it also exits when our end of its stdin closes,
     so it cannot outlive us). The summary's metadata.impair says what it did."""
     if not opts.impair:
-        return _run_locust(opts, host, out, scenario, server, sig)
+        return _run_locust(opts, host, out, scenario, server, sig, watch)
     from roombench.servers.proxy import STATS, parse_spec
 
     imp = parse_spec(opts.impair)
@@ -348,7 +374,7 @@ def _run_impaired(opts: RunOptions, host: str, out: Path, scenario: Scenario, se
     stats: dict[str, Any] = {}
     try:
         proxied = _proxy_url(proxy, host, out)
-        summary, chaos = _run_locust(opts, proxied, out, scenario, server, sig)
+        summary, chaos = _run_locust(opts, proxied, out, scenario, server, sig, watch)
     finally:
         try:
             rest, _ = proxy.communicate(timeout=5)  # closes its stdin: EOF stops the proxy

@@ -175,11 +175,13 @@ def plan(spec: dict[str, Any]) -> list[dict[str, Any]]:
             for v in spec["variants"] for i in range(len(spec["steps"])) for r in range(spec.get("repeats", 1))]
 
 
-def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path("results")) -> Path:
+def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path("results"),
+          progress: bool = True) -> Path:
     """Run (or resume) a sweep; returns its result folder. A SIGINT or SIGTERM stops the step
     that runs (what it measured is kept, the step is recorded ``interrupted``, not done), starts
     nothing more, writes run.json and raises :class:`Interrupted`; ``resume`` redoes every
-    step not done (interrupted or failed), clearing what was recorded of it."""
+    step not done (interrupted or failed), clearing what was recorded of it. ``progress``:
+    each step's live status line (bench.progress)."""
     spec = load_sweep(path)
     out = resume or out_root / new_run_id()
     meta_path = out / "run.json"
@@ -191,7 +193,7 @@ def sweep(path: str | Path, *, resume: Path | None = None, out_root: Path = Path
         meta = {"schema": RUN_SCHEMA, "sweep_file": str(path), "sweep": redacted(spec), "machine": machine_info(),
                 "started": time.time(), "plan": plan(spec), "done": [], "capacity": {}}
     todo = [p for p in meta["plan"] if p["dir"] not in meta["done"]]
-    progress = _Progress(len(todo))
+    progress = _Progress(len(todo), live=progress)
     with interruptible() as sig:
         try:
             for variant in spec["variants"]:
@@ -235,7 +237,8 @@ def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict
             chaos = step.get("chaos", variant.get("chaos", spec.get("defaults", {}).get("chaos")))
             opts = RunOptions(host=url, users=step.get("users", 10), spawn_rate=step.get("spawn_rate", 100.0),
                               duration=spec.get("duration", 5.0), out=out / item["dir"], quiet=True,
-                              profile=variant.get("profile"), chaos=chaos, target=server.server)
+                              profile=variant.get("profile"), chaos=chaos, target=server.server,
+                              progress=progress.live, label=progress.label)
             given = {**spec.get("defaults", {}), **step}
             ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's
             scenario = _scenario(spec, step)  # a given transport is in it, validated
@@ -279,13 +282,15 @@ def _stop_rule(variant: dict[str, Any], item: dict[str, Any], out: Path, meta: d
 class _Progress:
     """Step i of n, elapsed and an estimate of what is left."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.i, self.t0 = total, 0, time.monotonic()
+    def __init__(self, total: int, live: bool = True) -> None:
+        self.total, self.i, self.t0, self.live = total, 0, time.monotonic(), live
+        self.label = ""  # the live line's prefix (bench.progress): which step it is
 
     def show(self, item: dict[str, Any]) -> None:
         elapsed = time.monotonic() - self.t0
         left = f", ~{elapsed / self.i * (self.total - self.i):.0f} s left" if self.i else ""
         self.i += 1
+        self.label = f"[{self.i}/{self.total}] {item['variant']} s{item['step']} "
         print(f"[{self.i}/{self.total}] {item['variant']} step {item['step']} repeat {item['repeat']} "
               f"(elapsed {elapsed:.0f} s{left})", flush=True)
 

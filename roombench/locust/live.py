@@ -82,6 +82,9 @@ def merge_snapshots(snaps: list[dict[str, Any]], now: float | None = None) -> di
             "acks_per_s": round(iv.counts.get("acked", 0) / length, 1),
             "deliveries_per_s": round(iv.counts.get("delivered_live", 0) / length, 1),
             "p99_ms": p99,
+            # the interval's own ack / fan-out histograms (encoded): --abort-on-fail counts the
+            # samples over an SLO's bound exactly (bench.abort)
+            "histograms": {m: h.encode().decode() for m in LIVE_METRICS if (h := iv.histogram(m)) is not None},
         },
         "totals": totals,
         "overdue": sum(s["overdue"] for s in snaps),

@@ -236,6 +236,11 @@ def pair_keys(base: Side, new: Side) -> list[tuple[str, str]]:
     return [(k, k) for k in common]
 
 
+def _count(summary: dict[str, Any], metric: str) -> int:
+    """Samples of ``metric`` in ``summary`` (0 where an older summary has no such metric)."""
+    return int((summary["latency_ms"].get(metric) or {}).get("count", 0))
+
+
 def merged(runs: list[Run]) -> dict[str, Any]:
     """One summary over repeats: histograms merged (percentiles over all samples), counts added."""
     if len(runs) == 1:
@@ -260,15 +265,17 @@ def compare(base_path: str | Path, new_path: str | Path, gates: list[Gate] | Non
     new_summaries: dict[str, dict[str, Any]] = {}
     pairs = pair_keys(base, new)
     tested = sum(len(LATENCY_STATS) for bkey, nkey in pairs for metric in METRICS
-                 if merged(base.runs[bkey])["latency_ms"][metric]["count"]
-                 and merged(new.runs[nkey])["latency_ms"][metric]["count"])
+                 if _count(merged(base.runs[bkey]), metric) and _count(merged(new.runs[nkey]), metric))
     alpha = ALPHA / max(tested, 1)
     for bkey, nkey in pairs:
         b_runs, n_runs = base.runs[bkey], new.runs[nkey]
         b_sum, n_sum = merged(b_runs), merged(n_runs)
         new_summaries[nkey] = n_sum
         for metric in METRICS:
-            if not (b_sum["latency_ms"][metric]["count"] or n_sum["latency_ms"][metric]["count"]):
+            # a summary from before a metric existed (an older baseline) has no row for it
+            if metric not in b_sum["latency_ms"] or metric not in n_sum["latency_ms"]:
+                continue
+            if not (_count(b_sum, metric) or _count(n_sum, metric)):
                 continue
             rows += _latency_rows(nkey, metric, b_runs, n_runs, b_sum, n_sum, min_effect, alpha)
         for count in COUNTS:

@@ -33,7 +33,7 @@ setup-browser:
 
 test: setup setup-servers setup-browser
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/parallel.py -j 3
 
 sweep: setup setup-servers
 	$(BIN)/roombench sweep bench/sweeps/default.toml

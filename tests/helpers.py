@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import hashlib
+import shutil
 import socket
 import time
 import uuid
@@ -297,3 +298,25 @@ class ScriptedPeer:
                     return
         except OSError:
             pass
+
+
+def need_node() -> None:
+    """Skip the calling test when Node.js is missing: the node variants cannot run."""
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed (`node` is not on PATH): the node variants cannot run")
+
+
+@contextmanager
+def csr_node(max_ms: int, token: str = REF_TOKEN) -> Iterator[Any]:
+    """The node-csr variant with ``maxDisconnectionDuration = max_ms`` (given by its environment)."""
+    from roombench.servers import start_server
+    from roombench.servers.variants import CSR_MAX_ENV
+
+    need_node()
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CSR_MAX_ENV, str(max_ms))
+    try:
+        with start_server("node-csr", token=token) as server:
+            yield server
+    finally:
+        mp.undo()

@@ -20,7 +20,7 @@ from roombench.measure.summary import format_recovery, recovery_section
 from roombench.servers import ServerProcess, start_server
 from roombench.servers.variants import CSR_MAX_ENV
 
-from tests.helpers import REF_TOKEN, wait_for
+from tests.helpers import REF_TOKEN, csr_node, wait_for
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -31,15 +31,8 @@ DROPPY = Scenario(token=REF_TOKEN, rate=10, room_size=3, drop_every=0.6, reconne
 
 @pytest.fixture(scope="module")
 def csr_server() -> Iterator[ServerProcess]:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (`node` is not on PATH)")
-    mp = pytest.MonkeyPatch()
-    mp.setenv(CSR_MAX_ENV, str(MAX_MS))
-    try:
-        with start_server("node-csr", token=REF_TOKEN) as server:
-            yield server
-    finally:
-        mp.undo()
+    with csr_node(MAX_MS) as server:
+        yield server
 
 
 def _run(url: str, scenario: Scenario, users: int = 6, duration: float = 3.0) -> tuple[dict[str, Any], dict[str, Any]]:

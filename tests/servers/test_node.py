@@ -26,7 +26,7 @@ from roombench.generator import Generator, run_for
 from roombench.chat.scenario import Scenario
 from roombench.servers import ServerProcess, start_server
 
-from tests.helpers import Peer, check_a_wrong_token_is_refused, raw_socket, wait_for
+from tests.helpers import Peer, check_a_wrong_token_is_refused, need_node, raw_socket, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,15 +37,10 @@ DROPPY = Scenario(token=TOKEN, rate=10, room_size=4, drop_every=0.6, reconnect_d
                   reconnect_delay_max=0.5, drain=3)
 
 
-def _need_node() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (`node` is not on PATH): the node variant cannot run")
-
-
 @pytest.fixture(scope="module")
 def node_server() -> Iterator[ServerProcess]:
     """The node variant with token "secret", shared by this module's tests."""
-    _need_node()
+    need_node()
     with start_server("node", token=TOKEN) as server:
         yield server
 
@@ -187,7 +182,7 @@ def test_generator_backfills_forced_drops(node_server: ServerProcess, transport:
 
 
 def test_faults_are_forwarded(server_factory: Any) -> None:
-    _need_node()
+    need_node()
     server = server_factory("node", token=TOKEN, faults={"drop_live_every": 2, "backfill_empty": True})
     scenario = replace(DROPPY, drop_every=0.0, room_size=3)
     c = run_for(Generator(server.url, scenario), 3, 1.5)["ledger"]
@@ -197,7 +192,7 @@ def test_faults_are_forwarded(server_factory: Any) -> None:
 
 
 def test_sigterm_exits_cleanly_and_fast() -> None:
-    _need_node()
+    need_node()
     server = start_server("node")
     peer = Peer(server.url, token="")  # no token configured: any auth is accepted
     started = time.monotonic()
@@ -208,7 +203,7 @@ def test_sigterm_exits_cleanly_and_fast() -> None:
 
 
 def test_missing_node_modules_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _need_node()
+    need_node()
     monkeypatch.setattr(servers_variants, "NODE_DIR", tmp_path)
     with pytest.raises(ServerError, match=r"npm ci --prefix roombench/servers/node"):
         start_server("node")
@@ -217,7 +212,7 @@ def test_missing_node_modules_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp
 @pytest.fixture
 def node_redis(server_factory: Any) -> ServerProcess:
     """The node-redis variant: two node processes and a private redis-server."""
-    _need_node()
+    need_node()
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: the node-redis variant cannot run")
     return server_factory("node-redis", token=TOKEN)

@@ -7,19 +7,18 @@ expired, no offset yet, a server without recovery) against the real node servers
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
 
-from roombench.servers import ServerProcess, start_server
-from roombench.servers.variants import CSR_MAX_ENV
+from roombench.servers import ServerProcess
 from roombench.transport.base import Recovery, Transport
 from roombench.wire import packets
 
-from tests.helpers import FAST_RECONNECT, REF_TOKEN, Acks, Recorder, ScriptedPeer, join, send, wait_for
+from tests.helpers import (FAST_RECONNECT, REF_TOKEN, Acks, Recorder, ScriptedPeer, csr_node, join, need_node, send,
+                           wait_for)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,21 +28,10 @@ MAX_MS = 1500
 Build = Callable[..., tuple[Transport, Recorder]]
 
 
-def _need_node() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (`node` is not on PATH)")
-
-
 @pytest.fixture(scope="module")
 def csr_server() -> Iterator[ServerProcess]:
-    _need_node()
-    mp = pytest.MonkeyPatch()
-    mp.setenv(CSR_MAX_ENV, str(MAX_MS))
-    try:
-        with start_server("node-csr", token=REF_TOKEN) as server:
-            yield server
-    finally:
-        mp.undo()
+    with csr_node(MAX_MS) as server:
+        yield server
 
 
 # ---------------------------------------------------------------------- packets
@@ -205,7 +193,7 @@ def test_node_csr_reconnect_before_any_event_has_no_offset(csr_server: ServerPro
 
 def test_node_without_recovery_is_unsupported(server_factory: Callable[..., ServerProcess], transports: Build,
                                               room: str) -> None:
-    _need_node()
+    need_node()
     server = server_factory("node", token=REF_TOKEN)
     alice, rec, bob = _pair(server.url, transports, room)
     _send(bob, room, 1)

@@ -39,10 +39,12 @@ def _run(url: str, scenario: Scenario, users: int = 6, duration: float = 3.0,
          in_order: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     report = run_for(Generator(url, scenario), users, duration)
     c = report["ledger"]
-    assert c["lost"] == 0
-    assert (c["duplicates"], c["unexpected"]) == (0, 0)
+    assert c["lost"] == 0 and c["unexpected"] == 0
     if in_order:
-        assert c["out_of_order"] == 0
+        assert (c["duplicates"], c["out_of_order"]) == (0, 0)
+    else:  # a reordering server: the last offset received is not always the newest, so a
+        # replay can bring back one already had (socket.io-client would show it twice too)
+        assert c["duplicates"] <= max(1, c["recovered_replay"] // 50), c
     assert c["delivered_live"] + c["recovered"] == c["expected"]
     assert c["recovered"] == c["recovered_replay"] + c["recovered_backfill"]
     return c, recovery_section(report["counters"], c, None)
@@ -126,7 +128,8 @@ def test_csr_across_two_processes_with_the_redis_streams_adapter(server_factory:
     server = server_factory("node-csr-redis", token=REF_TOKEN)
     assert "," in server.url  # two processes: users spread over both
     # two processes assign ids (redis INCR) and publish in two steps: this server really
-    # delivers some messages out of id order (server.js says so), and the ledger says so too
+    # delivers some messages out of id and stream order (server.js says so), and the ledger
+    # says so too
     c, r = _run(server.url, DROPPY, in_order=False)
     assert r["reconnects"] >= 6
     assert r["recovered"] / r["reconnects"] > 0.95, r["not_recovered"]

@@ -43,6 +43,7 @@ BATCH = 16
 TURNS = 64
 #: while the poller drives, the clock's own greenlet only checks this often that it still does
 WATCH_S = 0.05
+_INF = float("inf")
 
 now = time.perf_counter
 
@@ -89,14 +90,16 @@ class SendClock:
             POLLER.kick()
 
     def next_due(self) -> float:
-        """The earliest due time; inf when nothing is left (or the run stops)."""
-        if self._stopping():
-            self._heap.clear()
-        return self._heap[0][0] if self._heap else float("inf")
+        """The earliest due time; inf when nothing is left. The poller asks this on every
+        wake-up, so it only reads the heap (a stopped run is emptied by run_due)."""
+        return self._heap[0][0] if self._heap else _INF
 
     def run_due(self) -> None:
         """Let the sessions that are due take their turns (at most TURNS of them)."""
         heap, pop, push = self._heap, heapq.heappop, heapq.heappush
+        if self._stopping():  # the run is over: nothing is due any more
+            heap.clear()
+            return
         t = now()
         for _ in range(TURNS):
             if not heap or heap[0][0] > t:

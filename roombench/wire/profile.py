@@ -129,9 +129,10 @@ class Profile:
         """Every event's wire name: what a server may send (computed once per profile)."""
         return frozenset(self.events.values())
 
-    @property
+    @functools.cached_property
     def opaque_ids(self) -> bool:
-        """True when message ids are opaque (``id_order = "opaque"``)."""
+        """True when message ids are opaque (``id_order = "opaque"``); read per received
+        message, so computed once (then a plain attribute lookup)."""
         return self.id_order == "opaque"
 
     @property

@@ -46,3 +46,34 @@ def test_ratios_pair_rounds_and_report_their_range() -> None:
     assert (lo, hi) == (1.1, 1.5) and abs(med - 1.3) < 1e-9
     t = cost_targets({"runs": runs})["cost.vs_raw@50"]
     assert t["range"] == [1.1, 1.5] and t["pass"] is False  # 1.3 > 1.15
+
+
+def test_tool_at_ref_runs_from_a_checkout_of_that_commit(tmp_path: Path) -> None:
+    from bench.generators.checkouts import checkouts
+    from bench.generators.tools import Job, command
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    with checkouts(["HEAD"]) as commits:
+        assert commits == {"HEAD": head}
+        argv, env, cwd = command(Job("roombench-lean@HEAD", "ack", 10), "http://127.0.0.1:1", "t", tmp_path / "c",
+                                 tmp_path)
+        assert cwd != REPO and (cwd / "bench" / "generators" / "locust_roombench.py").is_file()
+        assert str(cwd / "bench" / "generators" / "locust_roombench.py") in argv
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == str(cwd)
+        checked_out = subprocess.run(["git", "-C", str(cwd), "rev-parse", "HEAD"], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+        assert checked_out == head
+    assert not cwd.exists()  # removed with the run, and from git's list of worktrees
+    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(cwd) not in listed
+
+
+def test_tool_at_ref_refuses_unknown_refs_and_non_python_tools() -> None:
+    for tools, says in (("roombench-lean@no-such-ref-xyz", "is not a commit"),
+                        ("node-client@HEAD", "runs a Python generator"),
+                        ("roombench-lean,roombench-lean", "names a tool twice")):
+        done = subprocess.run([sys.executable, "-m", "bench.generators.run", "--tools", tools, "--suites", "ack",
+                               "--out", "/nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and says in done.stderr, (tools, done.stderr)
+        assert "Traceback" not in done.stderr

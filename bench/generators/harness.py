@@ -152,9 +152,9 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
         workdir = Path(tmp)
         server = start_server("node", token=TOKEN, log_path=str(workdir / "server.log"))
         ctl = workdir / "ctl.json"
-        argv, env = command(job, server.url, TOKEN, ctl, workdir)
+        argv, env, cwd = command(job, server.url, TOKEN, ctl, workdir)
         with open(workdir / "stderr.log", "wb") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=REPO,
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd,
                                     start_new_session=True)
         marks = Marks(proc, server.pid)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 
 def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     """Start sampling ``pid`` for ``seconds``; None when py-spy is not installed."""
-    exe = shutil.which("py-spy")
+    # the venv's own bin first: `make genbench` runs .venv/bin/python without the venv on PATH
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if exe is None:
         print("--profile: py-spy not found (pip install py-spy); measuring without it", flush=True)
         return None

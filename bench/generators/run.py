@@ -43,7 +43,10 @@ from bench.generators.tools import (
     TOOLS,
     Job,
     ensure_installed,
+    modes,
+    split_tool,
 )
+from bench.generators.checkouts import checkouts
 from roombench.measure.machine import machine_info
 from roombench.measure.summary import write_json
 
@@ -71,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="alternating rounds per figure (default 3)")
     p.add_argument("--duration", type=float, help="seconds per measured window (default 5)")
     p.add_argument("--warmup", type=float, default=1.5, help="seconds between ready and the window")
-    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help="comma-separated, of: " + ", ".join(TOOLS))
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                   help="comma-separated, of: " + ", ".join(TOOLS) + "; a Python one as NAME@GIT-REF runs from a "
+                   "checkout of that commit (A/B: roombench-lean,roombench-lean@HEAD~1)")
     p.add_argument("--suites", default="ack,fanout,idle,processes,equal")
     p.add_argument("--connections", help="ack suite connection counts (default 10,50,200,1000)")
     p.add_argument("--fanout-rooms", help="fan-out room sizes (default 10,100)")
@@ -103,9 +108,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.idle_connections = a.idle_connections or (2000 if quick else 20_000)
     a.tools = [t for t in a.tools.split(",") if t]
     a.suites = [s for s in a.suites.split(",") if s]
-    unknown = [t for t in a.tools if t not in TOOLS]
+    unknown = [t for t in a.tools if not modes(t)]
     if unknown:
-        p.error(f"unknown tool(s) {unknown}; known: {', '.join(TOOLS)}")
+        p.error(f"unknown tool(s) {unknown}; known: {', '.join(TOOLS)} (a Python one also as NAME@GIT-REF)")
+    not_python = [t for t in a.tools if split_tool(t)[1] is not None and split_tool(t)[0] not in PYTHON_TOOLS]
+    if not_python:
+        p.error(f"NAME@GIT-REF runs a Python generator from a checkout of REF; not {not_python}")
+    if len(set(a.tools)) < len(a.tools):
+        p.error(f"--tools names a tool twice: {a.tools}")
     return a
 
 
@@ -116,20 +126,20 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
     for rnd in range(a.rounds):
         order = a.tools if rnd % 2 == 0 else a.tools[::-1]
         if "ack" in a.suites:
-            out += [("ack", rnd, Job(t, "ack", n)) for n in a.connections for t in order if "ack" in TOOLS[t]]
+            out += [("ack", rnd, Job(t, "ack", n)) for n in a.connections for t in order if "ack" in modes(t)]
         if "fanout" in a.suites:
             for m in a.fanout_rooms:
                 for offered in a.fanout_deliveries:
                     rate = round(offered / (FANOUT_USERS * (m - 1)), 3)
                     out += [("fanout", rnd, Job(t, "fanout", FANOUT_USERS, room_size=m, rate=rate))
-                            for t in order if "fanout" in TOOLS[t]]
+                            for t in order if "fanout" in modes(t)]
         if "idle" in a.suites and rnd == 0:  # one round: minutes per tool at 20k connections
             out += [("idle", rnd, Job(t, "idle", idle_n, ready_timeout=150, runtime=300))
-                    for t in order if "idle" in TOOLS[t]]
+                    for t in order if "idle" in modes(t)]
         if "equal" in a.suites:
             n = a.equal_connections
             out += [("equal", rnd, Job(t, "rate", n, rate=round(offered / n, 3)))
-                    for offered in a.equal_rates for t in order if "rate" in TOOLS[t]]
+                    for offered in a.equal_rates for t in order if "rate" in modes(t)]
         if "processes" in a.suites and "roombench-lean" in a.tools:
             procs = (1, 2) if rnd % 2 == 0 else (2, 1)
             out += [("processes", rnd, Job("roombench-lean", "ack", PROCESSES_CONNECTIONS, processes=p))
@@ -138,7 +148,7 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
         # profiled apart from the measured rounds: py-spy's own CPU (5-30 % of a core here)
         # would slow the server they share 2 cores with, and only the Python tools' rounds
         n = 50 if 50 in a.connections else a.connections[0]
-        out += [("profile", 0, Job(t, "ack", n)) for t in a.tools if t in PYTHON_TOOLS]
+        out += [("profile", 0, Job(t, "ack", n)) for t in a.tools if split_tool(t)[0] in PYTHON_TOOLS]
     return out
 
 
@@ -196,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.rereport is not None:
         return rereport(a.rereport)
     fd_cap = _raise_fd_limit()
-    ensure_installed(a.tools)
+    ensure_installed([split_tool(t)[0] for t in a.tools])
+    with checkouts([ref for t in a.tools if (ref := split_tool(t)[1]) is not None]) as commits:
+        return _run(a, fd_cap, commits)
+
+
+def _run(a: argparse.Namespace, fd_cap: int, commits: dict[str, str]) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     doc: dict[str, Any] = {
         "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -204,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         "server": "Node socket.io 4.8 (roombench/servers/node, one process, fresh per measurement)",
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "runs": [],
     }
+    if commits:  # tool@ref: which commit each ref named when it ran
+        doc["checkouts"] = commits
     jobs = plan(a, fd_cap)
     print(f"genbench: {len(jobs)} measurements; results in {a.out}/{stamp}.json", flush=True)
     profiles = a.out / f"{stamp}-profiles"
     if a.profile:
         profiles.mkdir(parents=True, exist_ok=True)
     for i, (suite, rnd, job) in enumerate(jobs, 1):
-        spy = profiles / f"{suite}-{job.tool}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
+        spy = profiles / f"{suite}-{job.tool.replace('/', '_')}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
         result = measure(job, a.warmup, a.duration if suite != "idle" else min(a.duration, 3.0),
                          spy if suite == "profile" else None)
         result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,

@@ -58,6 +58,20 @@ DEFAULT_TOOLS = [t for t in TOOLS if t not in ("roombench-lean-greenlet", "roomb
 PYTHON_TOOLS = ("roombench-lean", "roombench-compat", "locust-socketio", "roombench-lean-greenlet",
                 "roombench-lean-usersend")
 SIZE = 64  # bytes of message content, as roombench's default
+#: ``tool@ref`` runs a Python tool from a checkout of git ``ref`` (run.py makes it): an
+#: A/B of a hot-path change alternates old and new in one run, on the same server
+CHECKOUTS: dict[str, Path] = {}
+
+
+def split_tool(tool: str) -> tuple[str, str | None]:
+    """``"roombench-lean@HEAD~1"`` -> ``("roombench-lean", "HEAD~1")``; no ``@``: ref None."""
+    base, at, ref = tool.partition("@")
+    return base, (ref if at else None)
+
+
+def modes(tool: str) -> tuple[str, ...]:
+    """The modes ``tool`` (``name`` or ``name@ref``) runs; () for an unknown name."""
+    return TOOLS.get(split_tool(tool)[0], ())
 
 
 @dataclass(frozen=True)
@@ -97,29 +111,40 @@ def ensure_installed(tools: list[str]) -> None:
              env={"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
 
 
-def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[list[str], dict[str, str]]:
-    """(argv, environment) of one run of ``job``'s tool."""
+def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[list[str], dict[str, str], Path]:
+    """(argv, environment, working directory) of one run of ``job``'s tool."""
+    tool, ref = split_tool(job.tool)
+    root = REPO if ref is None else CHECKOUTS[ref]
+    argv, env = _command(job, tool, root, url, token, ctl, workdir)
+    if ref is not None:  # the checkout's packages before the installed (editable) ones
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    return argv, env, root
+
+
+def _command(job: Job, tool: str, root: Path, url: str, token: str, ctl: Path,
+             workdir: Path) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "BENCH_CTL": str(ctl), "BENCH_USERS": str(job.connections // job.processes),
            "BENCH_READY_TIMEOUT": f"{job.ready_timeout:g}", "BENCH_SIZE": str(SIZE), "BENCH_MODE": job.mode,
            "BENCH_TOKEN": token, "BENCH_RATE": f"{job.rate:g}", "PYTHONUNBUFFERED": "1"}
-    if job.tool.startswith("roombench-"):
-        if job.tool == "roombench-lean-greenlet":
+    here = root / HERE.relative_to(REPO)
+    if tool.startswith("roombench-"):
+        if tool == "roombench-lean-greenlet":
             env["ROOMBENCH_READER"] = "greenlet"
-        if job.tool == "roombench-lean-usersend":
+        if tool == "roombench-lean-usersend":
             env["ROOMBENCH_SENDER"] = "greenlet"
-        return _locust(job, url, "locust_roombench.py", _roombench_options(job, token)), env
-    if job.tool == "locust-socketio":
-        return _locust(job, url, "locust_socketio_user.py", []), env
-    if job.tool == "python-raw":
+        return _locust(job, url, here / "locust_roombench.py", _roombench_options(job, tool, token)), env
+    if tool == "locust-socketio":
+        return _locust(job, url, here / "locust_socketio_user.py", []), env
+    if tool == "python-raw":
         return [sys.executable, "-m", "bench.generators.raw_client", "--url", url], env
     node = shutil.which("node") or "node"
-    if job.tool == "node-client":
+    if tool == "node-client":
         # client.js's open loop is its fanout mode; in rooms of one only the acks come back
         mode = "fanout" if job.mode == "rate" else job.mode
         return [node, str(NODE_CLIENT / "client.js"), "--url", url, "--token", token, "--connections",
                 str(job.connections), "--mode", mode, "--room-size", str(job.room_size),
                 "--rate", f"{job.rate:g}", "--size", str(SIZE)], env
-    if job.tool == "artillery":
+    if tool == "artillery":
         script = workdir / "artillery.yml"
         script.write_text(_artillery_script(job, url, token))
         env["ARTILLERY_DISABLE_TELEMETRY"] = "true"
@@ -127,9 +152,9 @@ def command(job: Job, url: str, token: str, ctl: Path, workdir: Path) -> tuple[l
     raise SystemExit(f"unknown tool {job.tool!r}; known: {', '.join(TOOLS)}")
 
 
-def _locust(job: Job, url: str, locustfile: str, extra: list[str]) -> list[str]:
+def _locust(job: Job, url: str, locustfile: Path, extra: list[str]) -> list[str]:
     spawn_rate = min(job.connections, 5000)
-    argv = [sys.executable, "-m", "locust", "-f", str(HERE / locustfile), "--headless",
+    argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
             "-u", str(job.connections), "-r", str(spawn_rate), "-t", f"{math.ceil(job.runtime)}s",
             "--host", url, "--loglevel", "WARNING", "--only-summary", "--stop-timeout", "5"]
     if job.processes > 1:
@@ -137,14 +162,14 @@ def _locust(job: Job, url: str, locustfile: str, extra: list[str]) -> list[str]:
     return argv + extra
 
 
-def _roombench_options(job: Job, token: str) -> list[str]:
+def _roombench_options(job: Job, tool: str, token: str) -> list[str]:
     mode = {
         "ack": ["--window", "1", "--room-size", "1", "--rate", "1"],
         "fanout": ["--window", "0", "--room-size", str(job.room_size), "--rate", f"{job.rate:g}"],
         "rate": ["--window", "0", "--room-size", "1", "--rate", f"{job.rate:g}"],
         "idle": ["--window", "0", "--room-size", "1", "--rate", "1e-6"],  # first send in ~days
     }[job.mode]
-    return mode + ["--transport", job.tool.split("-")[1], "--token", token, "--ack", "callback",
+    return mode + ["--transport", tool.split("-")[1], "--token", token, "--ack", "callback",
                    "--size", str(SIZE), "--typing-every", "0", "--read-every", "0", "--drain", "2"]
 
 

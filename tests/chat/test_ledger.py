@@ -206,7 +206,7 @@ def test_retirement_keeps_memory_bounded() -> None:
             ledger.on_live(r, tid, i + 1)
     assert ledger.in_flight() == 0
     assert not ledger._records
-    assert len(ledger._retired) + len(ledger._retired_old) <= 2 * ledger._retired_window
+    assert len(ledger._retired.codes) + len(ledger._retired_old.codes) <= 2 * ledger._retired_window
     assert ledger.counts().delivered_live == 400_000
 
 
@@ -237,3 +237,23 @@ def test_counts_merge_equals_one_ledger_fed_everything() -> None:
     assert LedgerCounts.from_dict({**merged.to_dict(), "future_field": 3}) == merged
     assert merged.lost == merged.live_missed - merged.recovered == 2
     assert (merged.voided, merged.sent, merged.expected) == (2, 6, 8)
+
+
+def test_retired_messages_are_nothing_the_cyclic_collector_scans() -> None:
+    import gc
+
+    ledger = Ledger("p-")
+    members = frozenset({1, 2, 3})
+    for i in range(100):
+        ledger.on_sent(f"p-{i}", "r", 1, members, 0.0)
+        ledger.on_acked(f"p-{i}", i)
+        ledger.on_live(2, f"p-{i}", i)
+        ledger.on_live(3, f"p-{i}", i)
+    assert ledger.in_flight() == 0
+    assert not any(gc.is_tracked(code) for code in ledger._retired.codes.values())
+    assert len(ledger._retired.sets) == 1  # one member set, shared by every message sent to it
+    # and still classified: a second copy is a duplicate, the sender's copy is not a delivery
+    ledger.on_live(2, "p-5", 5)
+    ledger.on_live(1, "p-6", 6)
+    c = ledger.counts()
+    assert (c.duplicates, c.unexpected) == (1, 1) and ledger.sender_of("p-7") == 1

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+from gevent.monkey import get_original
 
 from roombench.transport.poller import Poller, available
+
+_busy_wait = get_original("time", "sleep")  # the tests run monkey-patched: this one never yields
 
 pytestmark = [pytest.mark.timeout(10), pytest.mark.skipif(not available(), reason="needs epoll (Linux)")]
 
@@ -149,3 +152,24 @@ def test_kick_wakes_a_poller_parked_with_no_timers_at_all(pairs: list[tuple[sock
     gevent.sleep(0.1)
     assert len(timers.ran) == 1
     poller.discard(a.fileno())
+
+
+def test_a_saturated_poller_still_lets_other_greenlets_run(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    # a connection that is always readable (never drained) keeps poll(0) busy, as a closed
+    # loop at saturation does: without sharing, the poller never parks and nobody else runs
+    poller = Poller()
+    a, b = _pair(pairs)
+    b.sendall(b"x")
+    started = time.perf_counter()
+
+    def busy() -> None:
+        _busy_wait(0.0005)  # work, no yield
+        if time.perf_counter() - started > 2.0:
+            poller.discard(a.fileno())  # bounded: ends the poller's loop either way
+
+    poller.add(a.fileno(), busy)
+    woke: list[float] = []
+    sleeper = gevent.spawn(lambda: (gevent.sleep(0.01), woke.append(time.perf_counter() - started)))
+    sleeper.join(3)
+    poller.discard(a.fileno())
+    assert woke and woke[0] < 0.5, woke  # without sharing: only once the poller gave up, at 2 s

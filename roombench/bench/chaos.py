@@ -6,8 +6,12 @@ A spec is comma-separated items::
     pause-every=5s,for=2s      SIGSTOP every 5 s, SIGCONT 2 s later
     kill@8s,restart@11s        one-off actions at those times (also pause@T, resume@T)
 
-Times are seconds (``4``, ``4s``, ``500ms``), counted from when roombench starts the Locust
-child (warmup included; the load itself begins once Locust has started, about a second later).
+Times are seconds (``4``, ``4s``, ``500ms``), counted from the run's start (summary.json
+``metadata.started``, the moment the load begins; warmup included), which `roombench run`
+learns from the first live.json, written when the first 1 s interval closes: an action due
+before that is taken then. Counting from the Locust child's launch instead would let a slow
+start (seconds on a loaded machine) eat the schedule, so a fault meant for the load would
+hit a server nobody talks to yet.
 A periodic kill or pause is taken only before the run's end, and always undone, so the drain
 meets a live server. Backing services (redis-server of the *-redis variants) stay up: only the
 app processes are hit. Every action taken is recorded as ``{"at": epoch s, "action": ...}``
@@ -21,6 +25,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,8 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*$
 #: the state each action needs, and the state it leaves
 _NEEDS = {"kill": "up", "restart": "down", "pause": "up", "resume": "paused"}
 _LEAVES = {"kill": "down", "restart": "up", "pause": "paused", "resume": "up"}
+#: longest the schedule waits to learn the run's start before it counts from its own
+ORIGIN_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,14 @@ class Chaos:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="roombench-chaos", daemon=True)
         self._t0 = 0.0
+        self._origin: Callable[[], float | None] | None = None
         self._state = "up"
 
-    def start(self) -> None:
+    def start(self, origin: Callable[[], float | None] | None = None) -> None:
+        """Run the schedule from now, or from ``origin()``: the run's start (epoch s), which it
+        returns once known (None until then). Unknown for :data:`ORIGIN_WAIT_S`: from now."""
         self._t0 = time.monotonic()
+        self._origin = origin
         self._thread.start()
 
     def stop(self) -> list[dict[str, Any]]:
@@ -145,7 +156,24 @@ class Chaos:
         self._state = "up"
         return self.actions
 
+    def _wait_for_origin(self) -> bool:
+        """Set ``_t0`` to the run's start; False when stopped first."""
+        if self._origin is None:
+            return True
+        give_up = time.monotonic() + ORIGIN_WAIT_S
+        while time.monotonic() < give_up:
+            started = self._origin()
+            if started is not None:
+                self._t0 = time.monotonic() - (time.time() - started)
+                return True
+            if self._stop.wait(0.1):
+                return False
+        self._t0 = time.monotonic()
+        return True
+
     def _loop(self) -> None:
+        if not self._wait_for_origin():
+            return
         for t, action in self.plan.schedule(self.horizon):
             if self._stop.wait(max(0.0, self._t0 + t - time.monotonic())):
                 return

@@ -311,12 +311,13 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
     # after SIGTERM Locust stops the users, drains (up to `drain` s, twice with reconnects) and
     # writes its summary; past this grace its whole group is killed
     grace = 2 * scenario.drain + 15
+    (out / "live.json").unlink(missing_ok=True)  # an earlier run's in a reused --out would mislead chaos
     with open(out / "locust.log", "wb") as log:
         # its own process group (Locust's --processes workers are forked into it), stopped as one
         proc = spawn_group(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
         try:
             if chaos is not None:
-                chaos.start()
+                chaos.start(origin=lambda: load_started(out / "live.json"))
             _wait_locust(proc, opts, sig, limit, grace, watch)
         finally:
             actions = chaos.stop() if chaos is not None else None
@@ -328,6 +329,16 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
         tail = (out / "locust.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RoombenchError(f"locust exited with code {proc.returncode} and wrote no summary: {tail[0]} (see {out}/locust.log)")
     return load_summary(path), actions
+
+
+def load_started(live_json: Path) -> float | None:
+    """The run's start (epoch s) as the first live.json tells it, None before there is one."""
+    try:
+        written = live_json.stat().st_mtime
+        elapsed = json.loads(live_json.read_bytes())["elapsed_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet (or mid-replace: it is written atomically, so rarely)
+    return written - elapsed if isinstance(elapsed, (int, float)) else None
 
 
 def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals, limit: float, grace: float,

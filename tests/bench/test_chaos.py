@@ -103,4 +103,8 @@ def test_pause_and_resume_the_embedded_server(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     s = orjson.loads((out / "summary.json").read_bytes())
     assert [a["action"] for a in s["metadata"]["chaos"]] == ["pause", "resume"]
+    # counted from the run's start, not the Locust child's launch (a slow start ate the
+    # schedule: the pause came before any user sent and nothing was held)
+    t = [a["t"] for a in s["metadata"]["chaos"]]
+    assert 1.9 < t[0] < 2.6 and 2.9 < t[1] < 3.6, t
     assert s["latency_ms"]["ack"]["max"] > 500  # acks held while it was stopped count, at their true latency

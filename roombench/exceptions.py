@@ -8,7 +8,8 @@
     │   │   ├── ConnectTimeout      no answer in time (``stage``: "handshake" or "session")
     │   │   └── HandshakeFailed     the WebSocket upgrade failed (``status``: HTTP status or None)
     │   └── ProtocolError   a frame or packet we cannot parse
-    ├── BackfillError       the REST backfill answered 4xx/5xx or malformed JSON (``status``)
+    ├── BackfillError       the REST backfill answered 4xx/5xx or malformed JSON (``status``,
+    │   │                   ``transient``: unreachable, 429 or 502-504, worth asking again)
     │   ├── BackfillShapeError  JSON, but not a list of messages where the profile says
     │   └── BackfillOversize    a page larger than ``[backfill] max_bytes`` (read no further)
     ├── ReportError         a process report of an unknown schema, or none to merge
@@ -69,11 +70,14 @@ class ProtocolError(TransportError):
 
 class BackfillError(RoombenchError):
     """The REST backfill endpoint answered with an error status or malformed data;
-    ``status`` is the HTTP status of an error answer (None: no answer, or bad data)."""
+    ``status`` is the HTTP status of an error answer (None: no answer, or bad data);
+    ``transient``: the request could not be made or the server said "not now" (a server
+    restarting or shedding load), so the same request may succeed a moment later."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 class BackfillShapeError(BackfillError):

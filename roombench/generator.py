@@ -230,18 +230,32 @@ class Generator:
         for (receiver, room), after in self.ledger.missing().items():
             lo, receivers = by_room.get(room, (after, []))
             by_room[room] = (min(lo, after), receivers + [receiver])
+        # sends whose ack died with their connection and whose rejoin backfill did not
+        # settle them (it failed, or never ran): the covering fetch of their room does
+        unsettled = {t: s for s in self.sessions.values() for t in s.disconnected_sends}
+        covered = {t: room for t in unsettled if (room := self.ledger.waited_for_in(t)) is not None}
         f_temp, f_id = self.profile.field("temp_id"), self.profile.field("id")
+        fetched: set[str] = set()
         for room, (after, receivers) in by_room.items():
             try:
                 items = self.rest.after(room, after, deadline)
             except BackfillError as exc:
                 self.error(backfill_error_kind(exc), str(exc))
                 continue
+            fetched.add(room)
             for m in items:
                 temp_id = m.get(f_temp)
                 if isinstance(temp_id, str):
+                    owner = unsettled.pop(temp_id, None)
+                    if owner is not None:  # it reached the server: the ack we never got
+                        del owner.disconnected_sends[temp_id]
+                        self.ledger.on_acked(temp_id, m.get(f_id))
                     for receiver in receivers:
                         self.ledger.on_backfill(receiver, temp_id, m.get(f_id))
+        for temp_id, owner in unsettled.items():
+            if covered.get(temp_id) in fetched:  # a fetch that covered it did not list it: never sent
+                del owner.disconnected_sends[temp_id]
+                self.ledger.void(temp_id)
 
     # -- results ---------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from gevent import monkey
 monkey.patch_all()
 
 from collections.abc import Callable, Iterator  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -12,6 +14,7 @@ from gevent.server import StreamServer  # noqa: E402
 
 from roombench.wire.profile import DEFAULT_PROFILE, Profile  # noqa: E402
 from roombench.servers import ServerProcess, start_server  # noqa: E402
+from roombench.servers.proxy import parse_ready  # noqa: E402
 from roombench.transport.base import Transport  # noqa: E402
 from roombench.transport.registry import make_transport  # noqa: E402
 
@@ -116,3 +119,24 @@ def scripted() -> Iterator[Callable[..., str]]:
     yield start
     for server in servers:
         server.stop(timeout=1)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[[str, str], tuple[str, subprocess.Popen[str]]]]:
+    """proxy(target_url, spec) -> (proxied URL, process); stopped (stdin closed) at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(target: str, spec: str) -> tuple[str, subprocess.Popen[str]]:
+        proc = subprocess.Popen([sys.executable, "-m", "roombench.servers.proxy", "--to", target, "--impair", spec,
+                                 "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        started.append(proc)
+        assert proc.stdout is not None
+        where = parse_ready(proc.stdout.readline())
+        assert where is not None
+        return f"http://{where[0]}:{where[1]}", proc
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.communicate(timeout=5)

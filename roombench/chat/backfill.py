@@ -4,6 +4,11 @@ Pages by last id (``after`` = the last id of the previous page), or by the serve
 when the profile names one (``[backfill] next``): fetched until the cursor is null or
 absent, bounded by :data:`MAX_PAGES` and the caller's deadline.
 
+A page whose request fails for a passing reason (connection refused or reset, HTTP 429 or
+502-504: a server restarting, or a pooled keep-alive connection to the process that died)
+is asked again after :data:`RETRY_DELAYS`, each retry a counted ``backfill_retry``; only
+then does the error stand (and the room's gap stays unfetched, its messages lost).
+
 A hostile server cannot grow the generator or stretch the run: a page is read in chunks
 and refused at ``[backfill] max_bytes`` (:class:`BackfillOversize`); items beyond the
 ``limit`` asked for are a counted protocol error (``backfill_oversize``), not merged, and
@@ -31,6 +36,10 @@ from roombench.wire.profile import Profile
 MAX_PAGES = 1000
 #: bytes read per chunk of a page body
 CHUNK = 64 * 1024
+#: HTTP answers that mean "not now" rather than "never"
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+#: seconds slept before each retry of a page that failed transiently (within the deadline)
+RETRY_DELAYS = (0.1, 0.3, 0.9)
 
 
 def error_kind(exc: BackfillError) -> str:
@@ -119,7 +128,8 @@ class BackfillClient:
         try:
             with self.http.get(url, timeout=left, verify=self.verify, stream=True) as resp:
                 if resp.status_code != 200:
-                    raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code)
+                    raise BackfillError(f"backfill {url} answered HTTP {resp.status_code}", status=resp.status_code,
+                                        transient=resp.status_code in TRANSIENT_STATUSES)
                 declared = resp.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise BackfillOversize(f"backfill {url} announced {int(declared)} bytes, more than "
@@ -135,7 +145,9 @@ class BackfillClient:
                 raise
             raise BackfillError(f"backfill {url} did not answer within {left:.1f} s (its deadline)") from None
         except requests.RequestException as exc:
-            raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}") from None
+            transient = isinstance(exc, requests.ConnectionError)  # refused, reset: not a read timeout
+            raise BackfillError(f"backfill request to {url} failed: {exc.__class__.__name__}",
+                                transient=transient) from None
         finally:
             timer.close()
 
@@ -150,7 +162,7 @@ class BackfillClient:
         for _ in range(MAX_PAGES):
             if time.monotonic() >= deadline:
                 break
-            page, nxt = self.page_and_cursor(channel, after, limit, cursor, deadline)
+            page, nxt = self._page_retrying(channel, after, limit, cursor, deadline)
             if len(page) > limit:
                 # a server ignoring limit is broken: the extra items are not merged, and its
                 # paging is not followed further (its next page could be as big, and endless)
@@ -174,6 +186,20 @@ class BackfillClient:
                 raise BackfillError(f"backfill for {channel!r} did not advance past id {after}")
             after = last
         return out
+
+    def _page_retrying(self, channel: str, after: Any, limit: int, cursor: Any,
+                       deadline: float) -> tuple[list[dict[str, Any]], Any]:
+        """:meth:`page_and_cursor`, asked again after a transient failure while time is left."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return self.page_and_cursor(channel, after, limit, cursor, deadline)
+            except BackfillError as exc:
+                if not exc.transient or delay is None or time.monotonic() + delay >= deadline:
+                    raise
+                if self.on_error is not None:
+                    self.on_error("backfill_retry", str(exc))
+                gevent.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:
         """Release pooled connections."""

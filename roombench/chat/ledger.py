@@ -282,6 +282,12 @@ class Ledger:
             if rec is not None:
                 self._order.heard(rec[_MARK])
 
+    def waited_for_in(self, temp_id: Any) -> str | None:
+        """The room of an in-flight ``temp_id`` some receiver still waits for, else None:
+        a covering fetch of that room (:meth:`missing`) lists it if the server has it."""
+        rec = self._records.get(temp_id)
+        return rec[_ROOM] if rec is not None and rec[_PENDING] else None
+
     def sender_of(self, temp_id: Any) -> int | None:
         """The user number that sent ``temp_id`` (in flight or recently retired), else None."""
         rec = self._records.get(temp_id)

@@ -62,8 +62,10 @@ class Faults:
     ``reorder_every``: every K-th message of each sender in a channel is fanned out live
     only after that sender's next message there (every member, the sender too, gets
     the two swapped; the acks stay in order).
+    ``backfill_fail_first``: the first N backfill requests answer HTTP 503 (a server
+    still starting, or shedding load): a client that asks again a moment later gets them.
 
-    The last five are the python servers' only: ``reorder_every`` and ``ack_jitter_ms`` need
+    The last six are the python servers' only: ``reorder_every`` and ``ack_jitter_ms`` need
     this module's live handlers (py, py-renamed), the backfill ones its
     ``/channels/{id}/messages`` route (py, ws); node refuses them by name.
     """
@@ -79,9 +81,10 @@ class Faults:
     backfill_huge_items: int = 0
     reorder_every: int = 0
     ack_jitter_ms: float = 0.0
+    backfill_fail_first: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("backfill_huge_items", "reorder_every"):
+        for name in ("backfill_huge_items", "reorder_every", "backfill_fail_first"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -316,6 +319,7 @@ class _RestApp:
         self.store = store
         self.faults = faults
         self.auth = None if token is None else b"Bearer " + token.encode()
+        self.backfills_failed = 0  # of faults.backfill_fail_first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -398,6 +402,9 @@ class _RestApp:
                 raise _BadRequest("after must be >= 0 and limit >= 1")
         except _BadRequest as exc:
             return _json(400, _error(str(exc)))
+        if self.backfills_failed < self.faults.backfill_fail_first:
+            self.backfills_failed += 1
+            return _json(503, _error("starting up, try again"))
         if self.faults.backfill_stall_s:
             await asyncio.sleep(self.faults.backfill_stall_s)
         if self.faults.backfill_status:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,27 +72,6 @@ def test_a_bad_spec_is_one_line_and_exit_2(verb: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- the proxy process
-
-
-@pytest.fixture
-def proxy() -> Iterator[Callable[[str, str], tuple[str, subprocess.Popen[str]]]]:
-    """proxy(target_url, spec) -> (proxied URL, process); stopped (stdin closed) at teardown."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(target: str, spec: str) -> tuple[str, subprocess.Popen[str]]:
-        proc = subprocess.Popen([sys.executable, "-m", "roombench.servers.proxy", "--to", target, "--impair", spec,
-                                 "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        started.append(proc)
-        assert proc.stdout is not None
-        where = parse_ready(proc.stdout.readline())
-        assert where is not None
-        return f"http://{where[0]}:{where[1]}", proc
-
-    yield start
-    for proc in started:
-        if proc.returncode is None:
-            proc.communicate(timeout=5)
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from roombench.servers import VARIANTS, ServerProcess, free_port, start_server
 from roombench.servers.process import exited, spawn_group, stop_group
 from roombench.measure.summary import apply_slos, format_table, load_summary, parse_slo, write_json
 
+#: longest the Locust child may take to start the load before its own -t timer ends it
+START_GRACE_S = 60.0
 #: token the embedded server is started with when the user gives none
 EMBEDDED_TOKEN = "roombench"
 
@@ -133,7 +135,11 @@ def locust_command(opts: RunOptions, host: str, out: Path, scenario: Scenario) -
     """The Locust child's command line."""
     cmd = [
         sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless",
-        "-u", str(opts.users), "-r", str(opts.spawn_rate), "-t", f"{math.ceil(opts.duration + scenario.warmup)}s",
+        # the load's end is ours (_wait_locust, from the run's start): Locust's -t counts from
+        # before test_start, so a slow start (seconds on a loaded machine) ate the load; its
+        # timer stays only as a backstop
+        "-u", str(opts.users), "-r", str(opts.spawn_rate),
+        "-t", f"{math.ceil(opts.duration + scenario.warmup + START_GRACE_S)}s",
         "--host", host, "--csv", str(out / "locust"), "--only-summary", "--loglevel", "WARNING",
         "--summary-out", str(out / "summary.json"), "--live-out", str(out / "live.json"),
     ]
@@ -307,7 +313,9 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
 
         assert server is not None  # validate() refused --chaos with a server we did not start
         chaos = Chaos(parse_chaos(opts.chaos), server, horizon=opts.duration + scenario.warmup)
-    limit = opts.duration + scenario.warmup + 2 * scenario.drain + 60
+    load_s = opts.duration + scenario.warmup
+    started = LoadStart(out / "live.json")
+    limit = load_s + 2 * scenario.drain + START_GRACE_S
     # after SIGTERM Locust stops the users, drains (up to `drain` s, twice with reconnects) and
     # writes its summary; past this grace its whole group is killed
     grace = 2 * scenario.drain + 15
@@ -317,8 +325,9 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
         proc = spawn_group(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(scenario))
         try:
             if chaos is not None:
-                chaos.start(origin=lambda: load_started(out / "live.json"))
-            _wait_locust(proc, opts, sig, limit, grace, watch)
+                chaos.start(origin=started)
+            _wait_locust(proc, opts, sig, limit, grace, watch,
+                         load_end=lambda: None if (t0 := started()) is None else t0 + load_s)
         finally:
             actions = chaos.stop() if chaos is not None else None
             stop_group(proc, 0)  # what is left of its group (the leader is exited, or killed now)
@@ -331,27 +340,42 @@ def _run_locust(opts: RunOptions, host: str, out: Path, scenario: Scenario, serv
     return load_summary(path), actions
 
 
-def load_started(live_json: Path) -> float | None:
-    """The run's start (epoch s) as the first live.json tells it, None before there is one."""
-    try:
-        written = live_json.stat().st_mtime
-        elapsed = json.loads(live_json.read_bytes())["elapsed_s"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # not written yet (or mid-replace: it is written atomically, so rarely)
-    return written - elapsed if isinstance(elapsed, (int, float)) else None
+class LoadStart:
+    """The run's start (epoch s, summary.json ``metadata.started``) as the first live.json
+    tells it (its mtime − ``elapsed_s``): None until the first interval closes, then fixed.
+    Asked often, it reads the file at most every 0.2 s."""
+
+    def __init__(self, live_json: Path) -> None:
+        self.path = live_json
+        self.epoch: float | None = None
+        self._next_read = 0.0
+
+    def __call__(self) -> float | None:
+        if self.epoch is None and time.monotonic() >= self._next_read:
+            self._next_read = time.monotonic() + 0.2
+            try:
+                written = self.path.stat().st_mtime
+                elapsed = json.loads(self.path.read_bytes())["elapsed_s"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return None  # not written yet (it is replaced atomically)
+            if isinstance(elapsed, (int, float)):
+                self.epoch = written - elapsed
+        return self.epoch
 
 
 def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals, limit: float, grace: float,
-                 watch: Callable[[], bool] | None = None) -> None:
-    """Wait for the Locust child; on a signal (or past ``limit`` s) SIGTERM its master, which
-    stops the load and writes what it measured, and SIGKILL its group after ``grace`` s.
-    ``opts.on_tick()`` about once a second meanwhile."""
+                 watch: Callable[[], bool] | None = None, load_end: Callable[[], float | None] | None = None) -> None:
+    """Wait for the Locust child; at ``load_end()`` (epoch s, once known), on a signal, or past
+    ``limit`` s SIGTERM its master, which stops the load and writes what it measured, and
+    SIGKILL its group after ``grace`` s. ``opts.on_tick()`` about once a second meanwhile."""
     start = time.monotonic()
     next_tick = start + 1.0
     stop_by: float | None = None
     while not exited(proc):  # not reaped yet: stop_group then kills what is left of its group
         now = time.monotonic()
-        if stop_by is None and (sig.signum is not None or now - start > limit):
+        end = load_end() if load_end is not None and stop_by is None else None
+        load_over = end is not None and time.time() >= end
+        if stop_by is None and (sig.signum is not None or now - start > limit or load_over):
             proc.send_signal(signal.SIGTERM)  # the master only: it tells its workers to report and quit
             stop_by = now + grace
         if stop_by is not None and now > stop_by:

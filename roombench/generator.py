@@ -249,7 +249,7 @@ class Generator:
                     owner = unsettled.pop(temp_id, None)
                     if owner is not None:  # it reached the server: the ack we never got
                         del owner.disconnected_sends[temp_id]
-                        self.ledger.on_acked(temp_id, m.get(f_id))
+                        self.ledger.on_acked(temp_id, m.get(f_id), heard=False)
                     for receiver in receivers:
                         self.ledger.on_backfill(receiver, temp_id, m.get(f_id))
         for temp_id, owner in unsettled.items():

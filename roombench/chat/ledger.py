@@ -223,8 +223,12 @@ class Ledger:
         self._sent += 1
         self._expected += len(pending)
 
-    def on_acked(self, temp_id: str, msg_id: Any) -> float | None:
-        """The server acked ``temp_id``; returns its intended time, or None if unknown or already settled."""
+    def on_acked(self, temp_id: str, msg_id: Any, heard: bool = True) -> float | None:
+        """The server acked ``temp_id``; returns its intended time, or None if unknown or already settled.
+
+        ``heard=False``: a send whose ack died with its connection, found in a REST fetch: the
+        server has it, but the sender's connection never heard of it, so it gets no rank in
+        the opaque-id order (ranked now, it would look later than the sends after it)."""
         rec = self._records.get(temp_id)
         if rec is None or rec[_SETTLED]:
             return None
@@ -232,7 +236,7 @@ class Ledger:
         self._acked += 1
         if msg_id is not None:
             self._note_id(rec, msg_id)
-        if self._opaque:
+        if self._opaque and heard:
             self._order.heard(rec[_MARK])
         if not rec[_PENDING]:
             self._retire(temp_id, rec)

@@ -552,7 +552,7 @@ class ChatSession:
                 temp_id, msg_id = m.get(f_temp), m.get(f_id)
                 if temp_id in self.disconnected_sends:
                     del self.disconnected_sends[temp_id]
-                    ledger.on_acked(temp_id, msg_id)
+                    ledger.on_acked(temp_id, msg_id, heard=False)
                 elif isinstance(temp_id, str):
                     self._merge_one(temp_id, msg_id)
                 if type(msg_id) is int and not self.gen.profile.opaque_ids:

@@ -62,6 +62,18 @@ def test_copies_before_the_ack_are_judged_when_the_acks_come() -> None:
     assert ledger.counts().out_of_order == 1  # (1, 3) is in order
 
 
+def test_a_send_found_by_a_fetch_after_its_ack_died_gets_no_rank() -> None:
+    # p-1's ack died with the connection; receivers had p-1 then p-2 live, in order. p-2's
+    # ack came; p-1 was found over REST later: ranked then, it would look sent after p-2
+    ledger = _ledger(2)
+    for receiver in (1, 2):
+        ledger.on_live(receiver, "p-1", "id1")
+        ledger.on_live(receiver, "p-2", "id2")
+    ledger.on_acked("p-2", "id2")
+    ledger.on_acked("p-1", "id1", heard=False)
+    assert ledger.counts().out_of_order == 0 and ledger.counts().acked == 2
+
+
 def test_the_senders_own_copy_ranks_before_a_later_ack() -> None:
     # a server that fans out, then acks after awaits of different lengths: acks 2 before 1,
     # but the sender's own copies (and every receiver's) came 1, 2: in order

@@ -231,7 +231,7 @@ def load_side(path: str | Path) -> Side:
         runs: dict[str, list[Run]] = {}
         for r in sw.results:
             runs.setdefault(f"{r.variant} step {r.step}", []).append(
-                Run(r.summary, p / r.variant / f"s{r.step}-r{r.repeat}"))
+                Run(r.summary, sw.folder_of(r)))
         if not runs:
             raise UsageError(f"{p}: the sweep has no finished step to compare")
         return Side(p, runs)

@@ -69,6 +69,10 @@ class Sweep:
         """All repeats of one variant at one step."""
         return [r for r in self.results if r.variant == variant and r.step == step]
 
+    def folder_of(self, r: StepResult) -> Path:
+        """The folder of one finished step (its summary.json and interval logs)."""
+        return self.folder / r.variant / f"s{r.step}-r{r.repeat}"
+
     def merged(self, variant: str, step: int) -> Metrics:
         """The repeats' histograms merged (percentiles over all samples)."""
         m = Metrics()
@@ -134,7 +138,7 @@ def comparisons(sw: Sweep, step: int, metrics: tuple[str, ...] = VERDICT_METRICS
 
 
 def _side(sw: Sweep, variant: str, step: int) -> Side:
-    runs = [Run(r.summary, sw.folder / variant / f"s{step}-r{r.repeat}") for r in sw.at(variant, step)]
+    runs = [Run(r.summary, sw.folder_of(r)) for r in sw.at(variant, step)]
     return Side(sw.folder / variant, {f"step {step}": runs}, name=variant)
 
 

@@ -10,6 +10,6 @@ docs/distributed.md.
 from roombench.locust.users import ChatUser  # noqa: F401  (Locust collects User classes from this module)
 
 if __name__ == "__main__":
-    from roombench.locust.users import print_options_help
+    from roombench.locust.options import print_options_help
 
     print_options_help()

@@ -276,6 +276,18 @@ class Generator:
             started=self.started, wall_s=t1 - self._t0, cpu_s=cpu1 - self._cpu0, storms=self.storms.to_json(),
             interval_s=self.intervals.interval_s, intervals=[_copy(iv) for iv in self.intervals.intervals])
 
+    def reset_measurements(self) -> None:
+        """Measure from now on (Locust's Reset): histograms, loop lag, the intervals' histograms,
+        wall and CPU time, the start time and errors restart. Messages in flight stay in the
+        ledger, and ledger and counters are not cleared (the interval log takes deltas of them)."""
+        self.metrics.reset()
+        self._lag.clear()
+        self._lag_ticked = 0
+        self.intervals.drop_histograms()
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
+        self.started = time.time()
+        self.errors.clear()
+
 
 def _copy(iv: Interval) -> Interval:
     """An interval the report owns (the log's last one may still grow)."""

@@ -10,7 +10,10 @@ it (pyperf's `_compare.py` does the same):
   pyperf's t-test: a repeat's p99 is skewed and one noisy repeat is common on a shared
   machine; U assumes no distribution and ranks are robust to that outlier. U can only be
   significant with enough repeats (4 + 4 at alpha 0.05, 6 + 6 at a 20-row table's per-row
-  alpha below): with fewer, the interval logs decide.
+  alpha below): with fewer, the interval logs decide (every repeat's intervals pooled).
+* Neither (too few repeats and no ``.hlog`` files, e.g. results from before interval logs):
+  "not significant", and the row's why says so: how many runs there are and how many a U
+  test would need.
 * **Interval logs** (``<metric>.hlog`` beside summary.json): a block bootstrap of the
   whole-run percentile — resample the run's 1 s intervals in blocks of consecutive ones,
   merge their histograms, take the percentile; 4000 resamples per side, fixed seed. Significant
@@ -27,6 +30,10 @@ as a whole; on this project's shared 2-core machine two runs of one server diffe
 ~25% in a p50 with every interval agreeing (measured: docs/ci.md), and a gate should not page
 anyone for that. With repeats (a sweep), lower it (``--min-effect``). The ratio tested is the row's own (whole-run values, the ones shown and gated),
 so a verdict never contradicts the numbers beside it.
+
+The same rule decides a sweep's report.md (bench.report: each variant against the first, per
+step, through :func:`compare_sides`), so a verdict there is the one `roombench compare` gives
+for those two variants' step folders.
 """
 
 from __future__ import annotations
@@ -72,6 +79,12 @@ class Side:
 
     path: Path
     runs: dict[str, list[Run]]
+    #: what a report calls this side (a sweep's variant); "" for a path given to compare
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.path)
 
 
 @dataclass(frozen=True)
@@ -218,7 +231,7 @@ def load_side(path: str | Path) -> Side:
         runs: dict[str, list[Run]] = {}
         for r in sw.results:
             runs.setdefault(f"{r.variant} step {r.step}", []).append(
-                Run(r.summary, p / r.variant / f"s{r.step}-r{r.repeat}"))
+                Run(r.summary, sw.folder_of(r)))
         if not runs:
             raise UsageError(f"{p}: the sweep has no finished step to compare")
         return Side(p, runs)
@@ -260,18 +273,26 @@ def merged(runs: list[Run]) -> dict[str, Any]:
 def compare(base_path: str | Path, new_path: str | Path, gates: list[Gate] | None = None,
             min_effect: float = MIN_EFFECT) -> Comparison:
     """Load both sides, decide every row, evaluate the gates."""
-    base, new = load_side(base_path), load_side(new_path)
+    return compare_sides(load_side(base_path), load_side(new_path), gates, min_effect)
+
+
+def compare_sides(base: Side, new: Side, gates: list[Gate] | None = None, min_effect: float = MIN_EFFECT,
+                  metrics: tuple[str, ...] = METRICS) -> Comparison:
+    """Decide every row of two loaded sides and evaluate the gates. ``metrics`` limits the
+    latency rows decided (a report that shows two needs no bootstrap of the others); alpha
+    stays the whole table's, so each verdict is the one the full comparison gives."""
     rows: list[Row] = []
     new_summaries: dict[str, dict[str, Any]] = {}
     pairs = pair_keys(base, new)
-    tested = sum(len(LATENCY_STATS) for bkey, nkey in pairs for metric in METRICS
-                 if _count(merged(base.runs[bkey]), metric) and _count(merged(new.runs[nkey]), metric))
+    sums = {(bkey, nkey): (merged(base.runs[bkey]), merged(new.runs[nkey])) for bkey, nkey in pairs}
+    tested = sum(len(LATENCY_STATS) for b_sum, n_sum in sums.values() for metric in METRICS
+                 if _count(b_sum, metric) and _count(n_sum, metric))
     alpha = ALPHA / max(tested, 1)
     for bkey, nkey in pairs:
         b_runs, n_runs = base.runs[bkey], new.runs[nkey]
-        b_sum, n_sum = merged(b_runs), merged(n_runs)
+        b_sum, n_sum = sums[bkey, nkey]
         new_summaries[nkey] = n_sum
-        for metric in METRICS:
+        for metric in metrics:
             # a summary from before a metric existed (an older baseline) has no row for it
             if metric not in b_sum["latency_ms"] or metric not in n_sum["latency_ms"]:
                 continue
@@ -351,6 +372,14 @@ def _verdict(ratio: float, significant: bool, min_effect: float, test: str, why:
     return ("slower" if ratio > 1 else "faster"), test, why
 
 
+def repeats_needed(alpha: float) -> int:
+    """Repeats per side a U test needs to be significant at ``alpha`` at all."""
+    n = 2
+    while min_p_exact(n, n) >= alpha:
+        n += 1
+    return n
+
+
 def min_intervals() -> int:
     """Intervals a side needs for MIN_BLOCKS blocks (blocks of about n^(1/3) intervals)."""
     n = MIN_BLOCKS
@@ -376,7 +405,9 @@ class _Bootstrap:
         if self._samples is None and self._problem is None:
             b, n = _interval_histograms(self.b_runs, self.metric), _interval_histograms(self.n_runs, self.metric)
             if b is None or n is None:
-                self._problem = ("", "no repeats (4+4 needed for a U test) and no interval logs")
+                need = repeats_needed(self.alpha)
+                self._problem = ("", f"too few runs: {len(self.b_runs)}+{len(self.n_runs)} (a U test needs "
+                                     f"{need}+{need} at this table's alpha) and no interval logs")
                 return self._problem
             nb, nn = sum(1 for h in b if h.total), sum(1 for h in n if h.total)
             need = min_intervals()

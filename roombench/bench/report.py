@@ -1,16 +1,20 @@
-"""Read a sweep's result folder back: per-step results, tables, comparisons, report.md.
+"""Read a sweep's result folder back: per-step results, tables, verdicts, report.md.
 
-Everything here works from the folder alone (run.json + each step's summary.json with
-its encoded histograms), so a report can be rebuilt anywhere, long after the run.
+Everything here works from the folder alone (run.json, each step's summary.json with
+its encoded histograms and its ``<metric>.hlog`` interval logs), so a report can be rebuilt
+anywhere, long after the run. Verdicts are bench.compare's: one rule for `compare`, the
+gates and report.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from roombench.bench.compare import ALPHA, MIN_EFFECT, Comparison, Run, Side, compare_sides
 from roombench.measure.metrics import Metrics, percentiles
 from roombench.measure.summary import load_summary
 from roombench.bench.sweep import load_run
@@ -65,6 +69,10 @@ class Sweep:
         """All repeats of one variant at one step."""
         return [r for r in self.results if r.variant == variant and r.step == step]
 
+    def folder_of(self, r: StepResult) -> Path:
+        """The folder of one finished step (its summary.json and interval logs)."""
+        return self.folder / r.variant / f"s{r.step}-r{r.repeat}"
+
     def merged(self, variant: str, step: int) -> Metrics:
         """The repeats' histograms merged (percentiles over all samples)."""
         m = Metrics()
@@ -114,66 +122,46 @@ def _spread(values: list[float | None]) -> tuple[float, float] | None:
     return (min(vals), max(vals)) if vals else None
 
 
-Verdict = Literal["faster", "slower", "not significant", "no data"]
+#: report.md's verdict lines: these metrics' p99, each variant against the first listed
+VERDICT_METRICS = ("ack", "fanout")
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """One variant against the baseline at one step, decided before anything renders it.
-
-    ``ratio`` (> 1) says how many times faster or slower, None unless significant.
-    """
-
-    variant: str
-    baseline: str
-    metric: str
-    stat: str
-    verdict: Verdict
-    ratio: float | None
-    why: str
-
-    def line(self) -> str:
-        """The report.md line."""
-        head = f"{self.variant} vs {self.baseline}: {self.metric} {self.stat}"
-        if self.verdict == "no data":
-            return f"{head}: no data"
-        if self.ratio is not None:
-            return f"{head} {self.ratio:.2f}x {self.verdict}"
-        return f"{head} {self.verdict} ({self.why})"
-
-
-def decide(baseline: list[float | None], other: list[float | None]) -> tuple[Verdict, float | None, str]:
-    """(verdict, ratio, why) for lower-is-better values of two variants' repeats: faster
-    or slower only where the repeats' ranges do not overlap (as pyperf says "not significant")."""
-    b, o = _spread(baseline), _spread(other)
-    if b is None or o is None:
-        return "no data", None, "a variant has no samples"
-    if len(other) < 2 or len(baseline) < 2:
-        return "not significant", None, "needs repeats >= 2 to know the spread"
-    if o[0] > b[1]:
-        return "slower", o[0] / max(b[1], 1e-9), "every repeat above the baseline's"
-    if o[1] < b[0]:
-        return "faster", b[0] / max(o[1], 1e-9), "every repeat below the baseline's"
-    return "not significant", None, "ranges overlap"
-
-
-def comparisons(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[Comparison]:
-    """Every variant that ran ``step`` against the first one listed that did."""
+def comparisons(sw: Sweep, step: int, metrics: tuple[str, ...] = VERDICT_METRICS) -> list[Comparison]:
+    """Every variant that ran ``step`` against the first one listed that did, decided by
+    bench.compare's rule (U test over repeats, else the block bootstrap over the interval
+    logs): the verdicts `roombench compare` gives for the same step folders."""
     with_data = [v for v in sw.variants if sw.at(v, step)]
     if len(with_data) < 2:
         return []
-    base = with_data[0]
-    base_values = [r.p(metric, stat) for r in sw.at(base, step)]
-    out = []
-    for v in with_data[1:]:
-        verdict, ratio, why = decide(base_values, [r.p(metric, stat) for r in sw.at(v, step)])
-        out.append(Comparison(v, base, metric, stat, verdict, ratio, why))
-    return out
+    base = _side(sw, with_data[0], step)
+    return [compare_sides(base, _side(sw, v, step), metrics=metrics) for v in with_data[1:]]
 
 
-def compare(sw: Sweep, step: int, metric: str = "ack", stat: str = "p99") -> list[str]:
-    """'x faster/slower than <baseline>' only where the repeats' ranges do not overlap."""
-    return [c.line() for c in comparisons(sw, step, metric, stat)]
+def _side(sw: Sweep, variant: str, step: int) -> Side:
+    runs = [Run(r.summary, sw.folder_of(r)) for r in sw.at(variant, step)]
+    return Side(sw.folder / variant, {f"step {step}": runs}, name=variant)
+
+
+def verdict_line(c: Comparison, metric: str, stat: str = "p99") -> str:
+    """One report.md line: ``new vs base: metric stat``, the verdict, the numbers and why."""
+    head = f"{c.new.label} vs {c.base.label}: {metric} {stat}"
+    row = next((r for r in c.rows if r.metric == metric and r.stat == stat), None)
+    if row is None or row.verdict == "no data" or row.ratio is None:
+        return f"{head}: no data ({row.why if row is not None else 'no samples on either side'})"
+    numbers = f"{_ms(row.base)} -> {_ms(row.new)} ms"
+    if row.verdict in ("faster", "slower") and 0 < row.ratio < math.inf:
+        times = row.ratio if row.ratio >= 1 else 1 / row.ratio  # "2.00x faster", not "0.50x faster"
+        return f"{head} {times:.2f}x {row.verdict} ({numbers}; {row.why})"
+    return f"{head} {row.verdict} ({numbers}; {row.why})"
+
+
+def verdict_lines(sw: Sweep, step: int, metrics: tuple[str, ...] = VERDICT_METRICS, stat: str = "p99") -> list[str]:
+    """report.md's verdicts at ``step``: per variant against the first, one line per metric."""
+    return [verdict_line(c, m, stat) for c in comparisons(sw, step, metrics) for m in metrics]
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _cell(values: list[float | None]) -> str:
@@ -250,12 +238,16 @@ def write_report(sw: Sweep, figures: list[str], at_step: int) -> Path:
     lines = [f"# roombench sweep {sw.folder.name}", "",
              f"Machine: {m['cpu_model']}, {m['cores']} cores, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB; "
              f"Python {m['versions']['python']}, node {m['node']}; git {str(m['git_revision'])[:10]}.",
-             f"Sweep file: `{sw.meta['sweep_file']}`; latencies in ms; ± is half the repeats' range.", ""]
+             f"Sweep file: `{sw.meta['sweep_file']}`; latencies in ms; ± is half the repeats' range.",
+             "Verdicts: each variant against the first at the same step, decided as `roombench compare` "
+             "decides (a Mann-Whitney U test over repeats when there are enough, else a block bootstrap over "
+             f"the 1 s interval logs; alpha {ALPHA:g} for the table, changes under {100 * MIN_EFFECT:g}% are "
+             "not significant).", ""]
     for s in sw.steps:
         step = sw.meta["sweep"]["steps"][s]
         lines += [f"## Step {s}: " + ", ".join(f"{k}={v}" for k, v in step.items()), ""]
         lines += step_table(sw, s)
-        lines += [""] + [f"- {c}" for c in compare(sw, s, "ack") + compare(sw, s, "fanout")] + [""]
+        lines += [""] + [f"- {line}" for line in verdict_lines(sw, s)] + [""]
     recovery = recovery_table(sw)
     if recovery:
         lines += ["## Connection state recovery (rest vs csr vs auto)", ""] + recovery + [""]

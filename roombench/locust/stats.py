@@ -3,6 +3,23 @@
 It writes ``StatsEntry`` fields the way ``StatsEntry.log`` would (one call per batch, not
 per sample): those fields are Locust's internals, so pyproject.toml pins the Locust range
 this is tested with; a Locust outside it must be tested here before the pin moves.
+
+Locust's stats table shows every metric as ``Type / Name`` (:data:`STAT_NAMES`):
+
+========== =============== ===================================================
+Type       Name            what
+========== =============== ===================================================
+ack        send_message    send -> confirmation (failures: ack timeouts/errors)
+fanout     new_message     send -> each other member has it (one row, aggregated)
+connect    socket.io       first connect
+reconnect  socket.io       drop -> connected again
+recover    socket.io       drop -> reconnected with the session recovered (--recovery csr|auto)
+rejoin     join            connected -> every room re-joined
+backfill   fetch / merge   REST fetch of what was missed / merge
+backfill   total           drop -> whole again (rejoined, fetched, merged)
+typing     user_typing     typing -> each other member told
+read       message_read    mark_read -> each other member told
+========== =============== ===================================================
 """
 
 from __future__ import annotations
@@ -11,6 +28,20 @@ import time
 from typing import Any
 
 from roombench.measure.metrics import LocustAggregate, Metrics
+
+STAT_NAMES: dict[str, tuple[str, str]] = {
+    "ack": ("ack", "send_message"),
+    "fanout": ("fanout", "new_message"),
+    "connect": ("connect", "socket.io"),
+    "reconnect": ("reconnect", "socket.io"),
+    "recover": ("recover", "socket.io"),
+    "rejoin": ("rejoin", "join"),
+    "fetch": ("backfill", "fetch"),
+    "merge": ("backfill", "merge"),
+    "backfill": ("backfill", "total"),
+    "typing": ("typing", "user_typing"),
+    "read_receipt": ("read", "message_read"),
+}
 
 class LocustBridge:
     """Feeds aggregated metrics into Locust's stats table, once per :meth:`flush`.

@@ -29,8 +29,8 @@ from urllib.parse import unquote_to_bytes
 import socketio
 
 from roombench.servers.reference import (MAX_LIMIT, Faults, Message, RoomStore, _error, _is_str, _json,
-                                         _LiveHandlers, _RestApp)
-from roombench.servers.renamed import BackfillRoute, RenamingServer
+                                         _LiveHandlers)
+from roombench.servers.renamed import ProfileRest, RenamingServer
 from roombench.wire.profile import PROFILES_DIR, Profile, load_profile
 
 __all__ = ["ForeignStore", "create_app", "DEFAULT_PROFILE_PATH"]
@@ -134,36 +134,28 @@ class _ForeignHandlers(_LiveHandlers):
         return None
 
 
-class _ForeignRest(_RestApp):
+class _ForeignRest(ProfileRest):
     """``GET`` the profile's backfill URL with ``X-Access-Token``; cursor-paged, wrapped answers."""
 
     def __init__(self, profile: Profile, store: ForeignStore, token: str | None) -> None:
-        super().__init__(store, None, Faults())
-        self.profile = profile
+        super().__init__(profile, store, None, Faults())  # no Bearer check: the token is X-Access-Token
         self.foreign = store
         self.token = None if token is None else token.encode()
-        self.backfill = BackfillRoute(profile.backfill_url)
 
-    async def route(self, scope: dict[str, Any]) -> tuple[int, bytes, bytes]:
-        raw = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
-        if raw == b"/healthz":
-            return await super().route(scope)
-        found = self.backfill.match(raw, scope.get("query_string", b""))
-        if found is None:
-            return _json(404, _error("not found"))
+    async def answer_backfill(self, scope: dict[str, Any], channel: bytes,
+                              query: dict[str, str]) -> tuple[int, bytes, bytes]:
         if scope["method"] != "GET":
             return _json(405, _error("method not allowed; use GET"))
         if self.token is not None and dict(scope["headers"]).get(b"x-access-token") != self.token:
             return _json(401, _error("missing or invalid X-Access-Token"))
-        channel = unquote_to_bytes(found[0]).decode("utf-8", "replace")
-        query = found[1]
+        channel_id = unquote_to_bytes(channel).decode("utf-8", "replace")
         try:
             limit = min(int(query.get("limit") or 50), MAX_LIMIT)
         except ValueError:
             return _json(400, _error("limit must be an integer"))
         position = query.get("cursor") or query.get("after") or ""
-        items = await self.foreign.after(channel, position, max(1, limit))
-        nxt = items[-1]["id"] if items and self.foreign.more_after(channel, items[-1]["id"]) else None
+        items = await self.foreign.after(channel_id, position, max(1, limit))
+        nxt = items[-1]["id"] if items and self.foreign.more_after(channel_id, items[-1]["id"]) else None
         to_wire = self.profile.fields
         wire = [{to_wire.get(k, k): v for k, v in m.items()} for m in items]
         return _json(200, {"data": {"items": wire}, "next": nxt})

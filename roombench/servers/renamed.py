@@ -25,9 +25,9 @@ import orjson
 import socketio
 
 from roombench.wire.profile import PROFILES_DIR, Profile, load_profile
-from roombench.servers.reference import Faults, RoomStore, _LiveHandlers, _RestApp
+from roombench.servers.reference import Faults, RoomStore, _error, _json, _LiveHandlers, _RestApp
 
-__all__ = ["Faults", "RenamingServer", "create_app", "DEFAULT_PROFILE_PATH"]
+__all__ = ["Faults", "ProfileRest", "RenamingServer", "create_app", "DEFAULT_PROFILE_PATH"]
 
 DEFAULT_PROFILE_PATH = PROFILES_DIR / "renamed-example.toml"
 
@@ -165,8 +165,9 @@ class BackfillRoute:
         return m.group("channel_id"), values
 
 
-class _RenamedRest(_RestApp):
-    """The reference REST app behind the profile's backfill URL, answering in its shape."""
+class ProfileRest(_RestApp):
+    """The reference REST app's ``/healthz``, and the profile's backfill URL answered by
+    :meth:`answer_backfill` (a subclass's); anything else is 404."""
 
     def __init__(self, profile: Profile, store: RoomStore, token: str | None, faults: Faults) -> None:
         super().__init__(store, token, faults)
@@ -180,11 +181,23 @@ class _RenamedRest(_RestApp):
             return await super().route(scope)
         found = self.backfill.match(raw, scope.get("query_string", b""))
         if found is None:
-            return 404, orjson.dumps({"error": "not found"}), b"application/json"
-        channel, query = found
+            return _json(404, _error("not found"))
+        return await self.answer_backfill(scope, *found)
+
+    async def answer_backfill(self, scope: dict[str, Any], channel: bytes,
+                              query: dict[str, str]) -> tuple[int, bytes, bytes]:
+        """One backfill request: ``channel`` percent-encoded, ``query`` by placeholder name."""
+        raise NotImplementedError
+
+
+class _RenamedRest(ProfileRest):
+    """The reference REST app behind the profile's backfill URL, answering in its shape."""
+
+    async def answer_backfill(self, scope: dict[str, Any], channel: bytes,
+                              query: dict[str, str]) -> tuple[int, bytes, bytes]:
         inner = dict(scope, raw_path=b"/channels/" + channel + b"/messages", path="",
                      query_string=urlencode(query).encode())
-        status, body, content_type = await super().route(inner)
+        status, body, content_type = await _RestApp.route(self, inner)  # the reference route, not ours
         if status != 200 or not content_type.startswith(b"application/json"):
             return status, body, content_type
         to_wire = self.profile.fields

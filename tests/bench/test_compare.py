@@ -19,38 +19,14 @@ import pytest
 from roombench.exceptions import UsageError
 from roombench.bench.compare import compare, format_table, parse_gate
 from roombench.bench.significance import Sparse, bootstrap_ratio, interval_samples, mann_whitney_p, min_p_exact
-from roombench.chat.ledger import LedgerCounts
-from roombench.measure.intervals import Interval, write_files
-from roombench.measure.metrics import Metrics, add_values, new_histogram
-from roombench.measure.summary import SCHEMA, write_json
+from roombench.measure.metrics import add_values, new_histogram
+
+from tests.bench.fakes import fake_run
 
 
 def roombench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "roombench.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def fake_run(folder: Path, scale: float, seed: int, intervals: int = 20, per_interval: int = 400,
-             lost: int = 0) -> Path:
-    """A run folder: ack latencies lognormal around ``scale`` ms, ``intervals`` 1 s intervals."""
-    rng = np.random.default_rng(seed)
-    m = Metrics()
-    ivs = []
-    for i in range(intervals):
-        us = (rng.lognormal(0.0, 0.5, per_interval) * scale * 1000).astype(np.int64) + 1
-        h = new_histogram()
-        add_values(h, us)
-        add_values(m.histogram("ack"), us)
-        ivs.append(Interval(1_700_000_000.0 + i, 1.0, {"ack": h}, {}))
-    delivery = {**LedgerCounts(sent=intervals * per_interval, acked=intervals * per_interval).to_dict(),
-                "lost": lost, "sends_skipped_offline": 0, "forced_drops": 0}
-    summary: dict[str, Any] = {"schema": SCHEMA, "metadata": {"target": "x", "users": 1, "duration_s": intervals,
-                                                              "generator": {"saturation": []}},
-                               "latency_ms": m.summary(), "delivery": delivery, "errors": {},
-                               "histograms": m.encode(), "slo": []}
-    write_json(folder / "summary.json", summary)
-    write_files(folder, 1.0, ivs)
-    return folder
 
 
 def ack_row(c: Any, stat: str = "p99") -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 from roombench.exceptions import UsageError
 from roombench.bench.plot import plot_all
-from roombench.bench.report import compare, load
+from roombench.bench.report import load, verdict_lines
 from roombench.bench.sweep import load_sweep, plan, sweep
 
 DATA = Path(__file__).parent.parent / "data"
@@ -102,8 +102,10 @@ def test_results_of_schema_v1_still_load_and_plot(tmp_path: Path) -> None:
     sw = load(folder)
     assert sw.variants == ["py", "node"] and len(sw.results) == 4
     assert {p.name for p in plot_all(folder)} >= FIGURES
-    lines = compare(sw, 1)
-    assert lines == ["node vs py: ack p99 not significant (needs repeats >= 2 to know the spread)"]
+    lines = verdict_lines(sw, 1)  # one run each, from before interval logs: compare's rule says so
+    assert lines[0] == ("node vs py: ack p99 not significant (14 -> 14.4 ms; too few runs: 1+1 (a U test needs 7+7 "
+                        "at this table's alpha) and no interval logs)")
+    assert len(lines) == 2 and lines[1].startswith("node vs py: fanout p99 not significant (")
 
 
 def test_plan_orders_variant_by_variant_with_repeats() -> None:

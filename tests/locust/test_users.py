@@ -116,3 +116,36 @@ def test_the_locustfile_lists_its_options() -> None:
     for option in ("--room-size", "--drop-every", "--server-profile", "--summary-out"):
         assert option in out.stdout
     assert "+-50% jitter" in out.stdout and "%%" not in out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_reset_measurements_measures_from_here_and_keeps_the_ledger(ref_server: Any) -> None:
+    """Generator.reset_measurements, what Locust's Reset button calls in a generator process:
+    histograms, errors, wall time and start restart; the ledger and counters go on (Locust's
+    side counts them from the reset, since the interval log takes deltas of them)."""
+    import gevent
+
+    from roombench.chat.scenario import Scenario
+    from roombench.generator import Generator
+
+    gen = Generator(ref_server.url, Scenario(token=REF_TOKEN, rate=20.0, room_size=2, drain=1.0))
+    sessions = [gen.new_session() for _ in range(2)]
+    greenlets = [gevent.spawn(s.run) for s in sessions]
+    try:
+        deadline = time.monotonic() + 20
+        while gen.metrics.histogram("ack").total_count < 10:
+            assert time.monotonic() < deadline, "no acks"
+            gevent.sleep(0.1)
+        gen.error("made_up", "an error before the reset")
+        gevent.sleep(0.3)
+        before = gen.report()
+        started = gen.started
+        gen.reset_measurements()
+        after = gen.report()
+    finally:
+        gen.finish()
+        gevent.killall(greenlets, timeout=5)
+    assert before.metrics.histogram("ack").total_count >= 10 and before.errors["made_up"] == 1
+    assert after.metrics.histogram("ack").total_count < before.metrics.histogram("ack").total_count
+    assert not after.errors and after.wall_s < before.wall_s and gen.started > started
+    assert after.ledger.sent >= before.ledger.sent > 0  # not cleared: counted from the reset by Locust's side

@@ -67,7 +67,10 @@ def test_a_signal_stops_run_keeps_what_was_measured_and_wins_over_the_slo_gate(t
     proc = _start("run", *SMALL, "--duration", "30", "--out", str(out), "--slo", "lost==0")
     _wait_line(proc, "users x")
     pids = _tree(proc, 3)  # the embedded server, the watchdog, the Locust child
-    time.sleep(4)  # Locust is measuring by now
+    deadline = time.monotonic() + 30  # measuring: its first interval closed (not a fixed sleep: a loaded
+    while not (out / "live.json").exists() and time.monotonic() < deadline:  # machine's Locust starts late)
+        time.sleep(0.1)
+    time.sleep(1)
     sent = time.monotonic()
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=30)

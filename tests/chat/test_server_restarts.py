@@ -73,7 +73,10 @@ def test_py_restarted_on_its_port_loses_only_what_it_lost(join_ack: bool) -> Non
         servers.append(start_server("py", port=port, token=REF_TOKEN))
 
     try:
-        gen, report = _run_around(servers[0].url, restart, profile=replace(DEFAULT_PROFILE, join_ack=join_ack))
+        # 7 s: the restart (stop, 0.5 s, a new process ready) takes 1-3 s on a loaded machine,
+        # and the restarted server must get messages before the run ends
+        gen, report = _run_around(servers[0].url, restart, duration=7.0,
+                                  profile=replace(DEFAULT_PROFILE, join_ack=join_ack))
         held = _held(servers[-1].url, gen)
     finally:
         for server in servers:

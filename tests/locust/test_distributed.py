@@ -102,7 +102,7 @@ def wait_live(web_port: int, pred: Any, timeout: float = 15) -> dict[str, Any]:
 
 def test_master_and_two_workers_merge_exactly_with_whole_rooms(ref_server: Any, procs: Procs, tmp_path: Path) -> None:
     # 10 users asked for rooms of 10 on 2 workers: rounded to 20 (a whole room per worker)
-    summary = run_distributed(procs, ref_server.url, tmp_path, users=10, run_time="3s")
+    summary = run_distributed(procs, ref_server.url, tmp_path, users=10, run_time="4s")
     meta, d = summary["metadata"], summary["delivery"]
     workers = meta["locust"]["workers"]
     assert [w["users"] for w in workers] == [10, 10]
@@ -140,7 +140,7 @@ def test_master_and_two_workers_merge_exactly_with_whole_rooms(ref_server: Any, 
 
 
 def test_a_dead_worker_is_reported_and_the_rest_stands(ref_server: Any, procs: Procs, tmp_path: Path) -> None:
-    summary = run_distributed(procs, ref_server.url, tmp_path, users=20, run_time="9s", kill_one_after=2,
+    summary = run_distributed(procs, ref_server.url, tmp_path, users=20, run_time="12s", kill_one_after=2,
                               web_port=free_port())
     meta, d = summary["metadata"], summary["delivery"]
     dead = meta["locust"]["dead_workers"]

@@ -22,6 +22,7 @@ import gevent.event
 from roombench.chat.backfill import error_kind as backfill_error_kind
 from roombench.chat.clock import BATCH
 from roombench.chat.context import SessionContext
+from roombench.chat.ledger import OWN
 from roombench.chat.schedule import OpenLoop, RandomEvery
 from roombench.chat.signals import SentSignals
 from roombench.exceptions import BackfillError, ConnectFailed
@@ -318,15 +319,21 @@ class ChatSession:
                       "(a server with string ids needs id_order = \"opaque\" in its profile)")
             return
         state = self.unconfirmed.get(temp_id)
-        if state is not None or gen.ledger.sender_of(temp_id) == self.no:
+        if state is not None:
             self._on_own_echo(temp_id, msg_id, sender, state, t)
         elif self.transport.replaying:
-            self._on_replayed(temp_id, msg_id)
+            if gen.ledger.sender_of(temp_id) == self.no:
+                self._on_own_echo(temp_id, msg_id, sender, None, t)
+            else:
+                self._on_replayed(temp_id, msg_id)
         else:
-            t0 = gen.ledger.on_live(self.no, temp_id, msg_id)
-            if t0 is None:
+            t0 = gen.ledger.on_copy(self.no, temp_id, msg_id)  # own copy or delivery: one lookup
+            if t0 is OWN:
+                self._on_own_echo(temp_id, msg_id, sender, None, t)
+            elif t0 is None:
                 return
-            gen.metrics.record("fanout", t - t0)
+            else:
+                gen.metrics.record("fanout", t - t0)
         if type(msg_id) is not int or gen.profile.opaque_ids:
             self._note_opaque_id(room, msg_id)
             return

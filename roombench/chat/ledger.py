@@ -21,6 +21,8 @@ still-pending receivers are withdrawn from ``expected`` — not the server's los
 Own copies: the ledger knows which session sent each temp_id (:meth:`sender_of`), so a
 session recognises its own echo by temp_id alone, whatever user id the server gave it and
 whichever of ack and echo came first; an own copy is never a delivery nor unexpected.
+:meth:`on_copy` is :meth:`sender_of` and :meth:`on_live` in one lookup (the receive path's
+call: it returns :data:`OWN` for the sender's own copy).
 
 Ids: with ``opaque_ids`` a message id is any JSON string or number and is never compared
 by value; the room high-water mark is the id noted last, ranked by the order ids were
@@ -54,6 +56,8 @@ from typing import Any
 
 from roombench.chat.order import SenderOrder, new_mark
 
+#: :meth:`Ledger.on_copy`'s answer for the sender's own copy (compare with ``is``)
+OWN = float("-inf")
 #: Retired records kept per generation for classifying stragglers (two generations live).
 RETIRED_WINDOW = 16_384
 
@@ -299,6 +303,32 @@ class Ledger:
             return rec[_SENDER]  # type: ignore[no-any-return]
         old = self._find_retired(temp_id)
         return None if old is None else old[0]
+
+    def on_copy(self, receiver: int, temp_id: str, msg_id: Any) -> float | None:
+        """A live new_message reached ``receiver``, who may be its sender: :data:`OWN` (nothing
+        counted) when ``receiver`` sent it (in flight or recently retired), else as :meth:`on_live`.
+        One record lookup for both questions: this runs once per delivery."""
+        rec = self._records.get(temp_id)
+        if rec is None:
+            old = self._find_retired(temp_id)
+            if old is not None and old[0] == receiver:
+                return OWN
+            return self.on_live(receiver, temp_id, msg_id)
+        if rec[_SENDER] == receiver:
+            return OWN
+        pending = rec[_PENDING]
+        if receiver in pending:  # on_live's first delivery, inlined
+            pending.remove(receiver)
+            self._delivered_live += 1
+            if rec[_MSG_ID] is None and msg_id is not None:
+                self._note_id(rec, msg_id)
+            if self._opaque:
+                self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
+            if not pending and rec[_SETTLED]:
+                self._retire(temp_id, rec)
+            return rec[_T]  # type: ignore[no-any-return]
+        self._classify_extra(rec, receiver)
+        return None
 
     def on_live(self, receiver: int, temp_id: str, msg_id: Any) -> float | None:
         """A live new_message reached ``receiver`` (never the sender's own echo).

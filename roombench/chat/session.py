@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+import types
 from typing import Any
 
 import gevent
@@ -22,11 +23,13 @@ import gevent.event
 from roombench.chat.backfill import error_kind as backfill_error_kind
 from roombench.chat.clock import BATCH
 from roombench.chat.context import SessionContext
+from roombench.chat.ledger import OWN
 from roombench.chat.schedule import OpenLoop, RandomEvery
 from roombench.chat.signals import SentSignals
 from roombench.exceptions import BackfillError, ConnectFailed
 from roombench.transport.base import ReconnectPolicy
 from roombench.transport.registry import make_transport
+from roombench.wire.profile import Profile
 
 now = time.perf_counter
 
@@ -34,6 +37,12 @@ now = time.perf_counter
 _ECHOED = -1.0
 #: longest one rejoin's backfill may take (the REST client also ends it by the run's end)
 BACKFILL_S = 10.0
+#: the initial gap_start and _fresh of every session, replaced (never written) at its first drop:
+#: read-only, so a write before that fails loudly instead of changing every session's
+_NO_ROOMS: Any = types.MappingProxyType({})
+#: every session's ``joined`` once it joined (an Event of its own costs each idle user ~0.15 KB)
+_JOINED = gevent.event.Event()
+_JOINED.set()
 #: drop times of every session: a Random of its own would cost each user 2.5 KB of state
 _DROP_RNG = random.Random()
 
@@ -49,15 +58,46 @@ def _policy(delay: float, delay_max: float) -> ReconnectPolicy:
     return ReconnectPolicy(delay=delay, delay_max=delay_max)
 
 
+class _Names:
+    """The profile's event and field names a session uses, one object per profile: 14 of
+    each session's own attributes would cost every idle user ~0.1 KB."""
+
+    __slots__ = ("ev_send", "ev_typing", "ev_read", "ev_new", "ev_user_typing", "ev_read_by", "f_ch", "f_content",
+                 "f_temp", "f_id", "f_sender", "f_channel", "f_user", "f_msg")
+
+    def __init__(self, p: Profile) -> None:
+        self.ev_send, self.ev_typing, self.ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
+        self.ev_new, self.ev_user_typing, self.ev_read_by = (
+            p.event("new_message"), p.event("user_typing"), p.event("message_read"))
+        self.f_ch, self.f_content, self.f_temp = p.field("channel_id"), p.field("content"), p.field("temp_id")
+        self.f_id, self.f_sender, self.f_channel = p.field("id"), p.field("sender_id"), p.field("channel")
+        self.f_user, self.f_msg = p.field("user_id"), p.field("message_id")
+
+
+#: id(profile) -> (the profile, its names); the profile kept so its id cannot be reused
+_NAMES: dict[int, tuple[Profile, _Names]] = {}
+
+
+def _names(p: Profile) -> _Names:
+    hit = _NAMES.get(id(p))
+    if hit is None or hit[0] is not p:
+        if len(_NAMES) >= 64:
+            _NAMES.clear()
+        hit = _NAMES[id(p)] = (p, _Names(p))
+    return hit[1]
+
+
+#: every session's drop schedule without forced drops (it never advances)
+_NO_DROPS = RandomEvery(0.0, 0.0)
+
+
 class ChatSession:
     """One user: connection, rooms, pending temp_ids, last ids, backfill and merge."""
 
     # slots: an instance dict of ~35 attributes costs each idle user ~1.5 KB
     __slots__ = ("gen", "no", "user_id", "server_id", "rooms", "last_id", "gap_start", "unconfirmed",
                  "disconnected_sends", "joined", "t_connect", "t_drop", "t_connected", "epoch", "_joins_left",
-                 "_closed", "_callback", "_window", "_k", "content", "_ev_send", "_ev_typing", "_ev_read",
-                 "_ev_new", "_ev_user_typing", "_ev_read_by", "_f_ch", "_f_content", "_f_temp", "_f_id",
-                 "_f_sender", "_f_channel", "_f_user", "_f_msg", "transport", "_sends", "_drops", "_house", "_tick",
+                 "_closed", "_callback", "_window", "_k", "content", "_n", "transport", "_sends", "_drops", "_house", "_tick",
                  "_replayed", "_recovered_gap", "_fresh")
 
     def __init__(self, gen: SessionContext, user_no: int) -> None:
@@ -69,12 +109,12 @@ class ChatSession:
         self.server_id: Any = self.user_id
         self.rooms = gen.rooms_for(user_no)
         self.last_id: dict[str, int] = {}
-        self.gap_start: dict[str, int] = {}
+        self.gap_start: dict[str, Any] = _NO_ROOMS  # a dict of its own from the first drop on
         self.unconfirmed: dict[str, float] = {}  # temp_id -> ack deadline (or _ECHOED)
         self.disconnected_sends: dict[str, str] = {}  # temp_id -> room: fate decided by backfill
         # room -> when our connection dropped, until the first id of the room on the new
         # connection: an id below the one we held then means the server restarted
-        self._fresh: dict[str, float] = {}
+        self._fresh: dict[str, float] = _NO_ROOMS
         self.joined = gevent.event.Event()
         self.t_connect = 0.0
         self.t_drop: float | None = None
@@ -86,12 +126,7 @@ class ChatSession:
         self._window = sc.window  # > 0: closed loop, see _fill
         self._k = 0  # messages sent so far: picks the room and the typing / read-receipt turns
         self.content = _content(sc.size)
-        self._ev_send, self._ev_typing, self._ev_read = p.event("send_message"), p.event("typing"), p.event("mark_read")
-        self._ev_new, self._ev_user_typing, self._ev_read_by = (
-            p.event("new_message"), p.event("user_typing"), p.event("message_read"))
-        self._f_ch, self._f_content, self._f_temp = p.field("channel_id"), p.field("content"), p.field("temp_id")
-        self._f_id, self._f_sender, self._f_channel = p.field("id"), p.field("sender_id"), p.field("channel")
-        self._f_user, self._f_msg = p.field("user_id"), p.field("message_id")
+        self._n = _names(p)
         # the session is its own transport.Handlers (on_connect, on_disconnect, on_event, on_error)
         self.transport = make_transport(
             sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,
@@ -138,7 +173,7 @@ class ChatSession:
         if self._window:
             self._sends.next = float("inf")
             self._fill()
-        self._drops = RandomEvery(sc.drop_every, t0, _DROP_RNG)
+        self._drops = RandomEvery(sc.drop_every, t0, _DROP_RNG) if sc.drop_every else _NO_DROPS
         # echo mode expires unconfirmed sends here and the closed loop refills; an open
         # loop in callback mode (the transport expires acks) only needs a rare wake-up
         self._tick = 0.5 if self._window or not self._callback else 5.0
@@ -220,16 +255,17 @@ class ChatSession:
         if sc.typing_every and k % sc.typing_every == 0:
             if self.server_id is not None:  # else no receiver could tell it is ours
                 gen.typing_sent.sent((room, self.server_id), intended, len(gen.registry.members(room)) - 1)
-            self.transport.emit(self._ev_typing, {self._f_channel: room})
+            self.transport.emit(self._n.ev_typing, {self._n.f_channel: room})
         temp_id = gen.ledger.new_temp_id()
         gen.ledger.on_sent(temp_id, room, self.no, gen.registry.members(room), intended)
-        data = {self._f_ch: room, self._f_content: self.content, self._f_temp: temp_id}
+        n = self._n
+        data = {n.f_ch: room, n.f_content: self.content, n.f_temp: temp_id}
         if self._callback:
             self.unconfirmed[temp_id] = 0.0
-            sent = self.transport.emit(self._ev_send, data, functools.partial(self._on_ack, temp_id))
+            sent = self.transport.emit(n.ev_send, data, functools.partial(self._on_ack, temp_id))
         else:
             self.unconfirmed[temp_id] = intended + sc.ack_timeout
-            sent = self.transport.emit(self._ev_send, data)
+            sent = self.transport.emit(n.ev_send, data)
         if not sent:  # the connection died under us: nothing left, nobody can expect it
             del self.unconfirmed[temp_id]
             gen.ledger.void(temp_id)
@@ -238,7 +274,7 @@ class ChatSession:
             msg_id = self.last_id[room]
             if self.server_id is not None:
                 gen.read_sent.sent((room, self.server_id, msg_id), now(), len(gen.registry.members(room)) - 1)
-            self.transport.emit(self._ev_read, {self._f_ch: room, self._f_msg: msg_id})
+            self.transport.emit(self._n.ev_read, {self._n.f_ch: room, self._n.f_msg: msg_id})
 
     def drop(self) -> None:
         """Force a network failure: abort the TCP connection (the reconnect path follows)."""
@@ -256,9 +292,9 @@ class ChatSession:
         ledger = self.gen.ledger
         state = self.unconfirmed.pop(temp_id, None)
         if error is None:
-            msg_id = payload.get(self._f_id) if isinstance(payload, dict) else None
+            msg_id = payload.get(self._n.f_id) if isinstance(payload, dict) else None
             if msg_id is None:
-                self.gen.error("ack_malformed", f"send_message ack without {self._f_id!r}: {payload!r:.80}")
+                self.gen.error("ack_malformed", f"send_message ack without {self._n.f_id!r}: {payload!r:.80}")
                 ledger.on_ack_failed(temp_id, "malformed")
                 return
             t0 = ledger.on_acked(temp_id, msg_id)
@@ -296,19 +332,20 @@ class ChatSession:
         self.gen.error(kind, detail)
 
     def on_event(self, event: str, data: Any) -> None:
-        if event == self._ev_new:
+        if event == self._n.ev_new:
             self._on_new_message(data)
-        elif event == self._ev_user_typing:
-            self._on_signal(self.gen.typing_sent, "typing", data, (self._f_channel, self._f_user))
-        elif event == self._ev_read_by:
-            self._on_signal(self.gen.read_sent, "read_receipt", data, (self._f_ch, self._f_user, self._f_msg))
+        elif event == self._n.ev_user_typing:
+            self._on_signal(self.gen.typing_sent, "typing", data, (self._n.f_channel, self._n.f_user))
+        elif event == self._n.ev_read_by:
+            self._on_signal(self.gen.read_sent, "read_receipt", data, (self._n.f_ch, self._n.f_user, self._n.f_msg))
         else:
             self.gen.counters["unknown_events"] += 1
 
     def _on_new_message(self, data: Any) -> None:
         t = now()
         try:
-            temp_id, room, msg_id, sender = data[self._f_temp], data[self._f_ch], data[self._f_id], data.get(self._f_sender)
+            n = self._n
+            temp_id, room, msg_id, sender = data[n.f_temp], data[n.f_ch], data[n.f_id], data.get(n.f_sender)
         except (TypeError, KeyError, AttributeError):
             self.gen.error("malformed_message", f"new_message missing fields: {data!r:.80}")
             return
@@ -318,15 +355,21 @@ class ChatSession:
                       "(a server with string ids needs id_order = \"opaque\" in its profile)")
             return
         state = self.unconfirmed.get(temp_id)
-        if state is not None or gen.ledger.sender_of(temp_id) == self.no:
+        if state is not None:
             self._on_own_echo(temp_id, msg_id, sender, state, t)
         elif self.transport.replaying:
-            self._on_replayed(temp_id, msg_id)
+            if gen.ledger.sender_of(temp_id) == self.no:
+                self._on_own_echo(temp_id, msg_id, sender, None, t)
+            else:
+                self._on_replayed(temp_id, msg_id)
         else:
-            t0 = gen.ledger.on_live(self.no, temp_id, msg_id)
-            if t0 is None:
+            t0 = gen.ledger.on_copy(self.no, temp_id, msg_id)  # own copy or delivery: one lookup
+            if t0 is OWN:
+                self._on_own_echo(temp_id, msg_id, sender, None, t)
+            elif t0 is None:
                 return
-            gen.metrics.record("fanout", t - t0)
+            else:
+                gen.metrics.record("fanout", t - t0)
         if type(msg_id) is not int or gen.profile.opaque_ids:
             self._note_opaque_id(room, msg_id)
             return
@@ -462,6 +505,7 @@ class ChatSession:
             self._fill()
         if not self.joined.is_set():
             self.joined.set()
+            self.joined = _JOINED  # the waiters are woken; one set Event serves every session from now on
         elif self.t_drop is not None:
             self.gen.metrics.record("rejoin", now() - self.t_connected)
             self.gen.note_rejoined(self.no, now())  # reconnect storms
@@ -546,7 +590,7 @@ class ChatSession:
     def _merge(self, fetched: dict[str, list[dict[str, Any]]]) -> None:
         """Merge backfilled messages: the ledger dedups by temp_id; our own unconfirmed
         sends found here reached the server, the others never did (void)."""
-        ledger, f_temp, f_id = self.gen.ledger, self._f_temp, self._f_id
+        ledger, f_temp, f_id = self.gen.ledger, self._n.f_temp, self._n.f_id
         for room, items in fetched.items():
             for m in items:
                 temp_id, msg_id = m.get(f_temp), m.get(f_id)

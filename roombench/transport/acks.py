@@ -43,7 +43,7 @@ class AckTable:
         self.on_error = on_error
         # ids failed by timeout and not answered since: an answer to one is "late"; any
         # other answer that resolves nothing is "unknown". Bounded: oldest forgotten first.
-        self.timed_out: dict[int, None] = {}
+        self.timed_out: dict[int, None] | None = None  # created by the first timeout (memory per idle connection)
 
     def add(self, callback: AckCallback) -> int:
         """Register ``callback`` under a new ack id; its deadline is now + timeout."""
@@ -81,13 +81,15 @@ class AckTable:
         ``late_ack`` when the ack was issued and timed out, else ``unknown_ack``."""
         if entry is not None:  # past its deadline, not swept yet: it times out now
             self._time_out(aid, entry[0])
-        if self.timed_out.pop(aid, 0) is None:
+        if self.timed_out is not None and self.timed_out.pop(aid, 0) is None:
             self.on_error("late_ack", f"ack {aid} arrived after its timeout")
         else:
             self.on_error("unknown_ack", f"ack {aid} answers no pending message (never issued, or answered already)")
 
     def _time_out(self, aid: int, callback: AckCallback) -> None:
         timed_out = self.timed_out
+        if timed_out is None:
+            timed_out = self.timed_out = {}
         timed_out[aid] = None
         if len(timed_out) > _TIMED_OUT_MAX:
             del timed_out[next(iter(timed_out))]

@@ -34,6 +34,17 @@ _PARSED_MAX = 4096
 _dumps = orjson.dumps
 
 
+#: event name -> b'["name"' (the start of an emit's args array)
+_EVENT_HEAD: dict[str, bytes] = {}
+
+
+def _event_head(event: str) -> bytes:
+    head = b"[" + _dumps(event)
+    if len(_EVENT_HEAD) < 64:  # the profile's few names; anything else is encoded each time
+        _EVENT_HEAD[event] = head
+    return head
+
+
 _event_prefix = functools.lru_cache(maxsize=16)(packets.event_prefix)  # one bytes per namespace
 
 
@@ -69,14 +80,16 @@ class LeanTransport(FramedTransport):
         conn = self._live
         if conn is None:
             return False
-        args = [event] if data is None else [event, data]
+        # the args array built as bytes around the event name's JSON, encoded once per process
+        head = _EVENT_HEAD.get(event) or _event_head(event)
+        args = head + b"]" if data is None else b"%b,%b]" % (head, _dumps(data))
         if ack is None:
-            return self._send_frame(conn, conn.writer.text(self._p42 + _dumps(args)))
+            return self._send_frame(conn, conn.writer.text(self._p42 + args))
         acks = self._acks  # AckTable.add, inlined: this is the hot path
         aid = acks.next_id
         acks.next_id = aid + 1
         acks.pending[aid] = (ack, _now() + self.ack_timeout)
-        if self._send_frame(conn, conn.writer.text(b"%b%d%b" % (self._p42, aid, _dumps(args)))):
+        if self._send_frame(conn, conn.writer.text(b"%b%d%b" % (self._p42, aid, args))):
             return True
         acks.pending.pop(aid, None)
         return False

@@ -167,7 +167,7 @@ class FrameParser:
 
     def __init__(self) -> None:
         self._frag_op = 0
-        self._frags: list[Payload] = []
+        self._frags: list[Payload] | tuple[()] = ()  # a list only while a fragmented message is open
 
     def parse(
         self, buf: bytearray | bytes | memoryview, end: int | None = None
@@ -233,11 +233,11 @@ class FrameParser:
         elif op == OP_CONT:
             if not self._frag_op:
                 raise ProtocolError("continuation frame without a message to continue")
-            self._frags.append(payload)
+            self._frags.append(payload)  # type: ignore[union-attr]
             if fin:
                 append((self._frag_op, b"".join(self._frags)))
                 self._frag_op = 0
-                self._frags = []
+                self._frags = ()
         else:
             raise ProtocolError(f"unknown frame opcode 0x{op:x}")
 

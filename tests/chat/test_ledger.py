@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roombench.chat.ledger import Ledger, LedgerCounts
+from roombench.chat.ledger import OWN, Ledger, LedgerCounts
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -96,6 +96,26 @@ def test_foreign_temp_id_is_unexpected() -> None:
     assert ledger.on_live(2, "other-1", 9) is None
     c = ledger.counts()
     assert (c.unexpected, c.duplicates) == (1, 0)
+
+
+@pytest.mark.parametrize("retired", [False, True])
+def test_on_copy_tells_the_senders_own_copy_and_counts_the_rest_as_on_live(retired: bool) -> None:
+    # on_copy is sender_of + on_live in one lookup (the receive path's call)
+    ledger = Ledger("p-")
+    tid = send(ledger, members=frozenset({1, 2, 3}), t=5.0)
+    ledger.on_acked(tid, 1)
+    assert ledger.on_copy(2, tid, 1) == 5.0
+    if retired:
+        ledger.on_live(3, tid, 1)
+        assert ledger.in_flight() == 0
+    assert ledger.on_copy(1, tid, 1) is OWN  # the sender, in flight or retired: nothing counted
+    assert ledger.on_copy(2, tid, 1) is None  # a second copy
+    assert ledger.on_copy(4, tid, 1) is None  # a late joiner
+    assert ledger.on_copy(1, "other-1", 1) is None  # not ours at all
+    c = ledger.counts()
+    assert (c.delivered_live, c.duplicates, c.unexpected) == (1 + retired, 1, 2)
+    if not retired:
+        assert ledger.on_copy(3, tid, 1) == 5.0 and ledger.in_flight() == 0
 
 
 def test_reorder_counter() -> None:

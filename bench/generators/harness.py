@@ -25,7 +25,7 @@ import psutil
 
 from bench.generators import pyspy
 from bench.generators.marks import sleep_until
-from bench.generators.tools import REPO, Job, command
+from bench.generators.tools import Job, command
 from roombench.measure.summary import write_json
 from roombench.servers import start_server
 

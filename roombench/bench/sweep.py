@@ -23,7 +23,10 @@ Layout: ``run.json`` (machine, software, the plan, each step's status) and
 ``<variant>/s<step>-r<repeat>/summary.json`` (+ Locust CSVs). A finished step is never
 redone: ``--resume DIR`` picks up an interrupted sweep where it stopped, redoing the steps
 recorded ``interrupted`` (a SIGINT/SIGTERM cut them short) or ``failed``. ``chaos = "..."``
-on a variant or a step (see bench.chaos) hurts the server the sweep started during it.
+on a variant or a step (see bench.chaos) hurts the server the sweep started during it;
+``impair = "..."`` (servers.proxy, `run --impair`) in [defaults], on a variant or a step puts
+the impairment proxy between the load and a one-URL server. A step's wins over its
+variant's, a variant's over [defaults]'.
 """
 
 from __future__ import annotations
@@ -45,16 +48,17 @@ from roombench.bench.run import Interrupted, RunOptions, interruptible, new_run_
 from roombench.chat.scenario import MAX_SECONDS, Scenario
 from roombench.servers import VARIANTS, ServerProcess, start_external, start_server
 from roombench.servers.process import check_command
+from roombench.servers.proxy import parse_spec
 from roombench.measure.summary import load_summary, write_json
 
 RUN_SCHEMA = "roombench.run/1"
 _SCENARIO_TYPES = {f.name: type(f.default) for f in dataclasses.fields(Scenario)}
-_STEP_TYPES: dict[str, type] = {"users": int, "spawn_rate": float, "chaos": str, **_SCENARIO_TYPES}
+_STEP_TYPES: dict[str, type] = {"users": int, "spawn_rate": float, "chaos": str, "impair": str, **_SCENARIO_TYPES}
 #: step keys that are not the scenario's
-_RUN_KEYS = ("users", "spawn_rate", "chaos")
+_RUN_KEYS = ("users", "spawn_rate", "chaos", "impair")
 #: ready_path is refused, not ignored: readiness of a command variant is GET /healthz
 _VARIANT_TYPES: dict[str, type] = {"name": str, "url": str, "command": str, "profile": str, "token": str,
-                                   "stop_p99_ms": float, "chaos": str}
+                                   "stop_p99_ms": float, "chaos": str, "impair": str}
 _TOP_TYPES: dict[str, type] = {"name": str, "duration": float, "warmup": float, "repeats": int,
                                "defaults": dict, "variants": list, "steps": list}
 _URL_SCHEMES = ("http://", "https://", "ws://", "wss://")
@@ -82,6 +86,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         _check_range(path, where + ".users", step.get("users", 10), 1, 1_000_000)
         _check_range(path, where + ".spawn_rate", step.get("spawn_rate", 100.0), 0, 1e6, low_open=True)
         _check_chaos(path, where + ".chaos", step)
+        _check_impair(path, where + ".impair", step)
         try:
             _scenario(spec, step)  # the scenario's own ranges
         except UsageError as exc:
@@ -89,7 +94,24 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if "chaos" in step and any("url" in v for v in variants):
             raise UsageError(f"{path}: {where}.chaos kills and pauses servers the sweep starts: "
                              "not one given by url (put chaos on the variants instead)")
+    for i, v in enumerate(variants):
+        if _urls(v) > 1 and any(_impair(spec, v, step) for step in steps):
+            raise UsageError(f"{path}: variants[{i}] ({v['name']!r}) serves {_urls(v)} URLs; impair puts one "
+                             "proxy in front of one URL: leave impair off for it")
     return spec
+
+
+def _urls(variant: dict[str, Any]) -> int:
+    """How many URLs the variant serves (a built-in may run several processes)."""
+    if "url" in variant:
+        return len(variant["url"].split(","))
+    builtin = VARIANTS.get(variant["name"])
+    return builtin.processes if builtin is not None and "command" not in variant else 1
+
+
+def _impair(spec: dict[str, Any], variant: dict[str, Any], step: dict[str, Any]) -> str | None:
+    """The impairment SPEC of a step of a variant: the step's, else the variant's, else [defaults]'."""
+    return step.get("impair", variant.get("impair", spec.get("defaults", {}).get("impair")))
 
 
 def _check_variant(path: str | Path, where: str, v: Any) -> None:
@@ -110,6 +132,7 @@ def _check_variant(path: str | Path, where: str, v: Any) -> None:
         except UsageError as exc:
             raise UsageError(f"{path}: {where}.command: {exc}") from None
     _check_chaos(path, where + ".chaos", v)
+    _check_impair(path, where + ".impair", v)
     if "chaos" in v and "url" in v:
         raise UsageError(f"{path}: {where}.chaos kills and pauses a server the sweep starts: not one given by url")
     if "stop_p99_ms" in v:
@@ -120,6 +143,14 @@ def _check_chaos(path: str | Path, key: str, table: dict[str, Any]) -> None:
     if "chaos" in table:
         try:
             parse_chaos(table["chaos"])
+        except UsageError as exc:
+            raise UsageError(f"{path}: {key}: {exc}") from None
+
+
+def _check_impair(path: str | Path, key: str, table: dict[str, Any]) -> None:
+    if "impair" in table:
+        try:
+            parse_spec(table["impair"])
         except UsageError as exc:
             raise UsageError(f"{path}: {key}: {exc}") from None
 
@@ -238,6 +269,7 @@ def _run_variant(spec: dict[str, Any], variant: dict[str, Any], items: list[dict
             opts = RunOptions(host=url, users=step.get("users", 10), spawn_rate=step.get("spawn_rate", 100.0),
                               duration=spec.get("duration", 5.0), out=out / item["dir"], quiet=True,
                               profile=variant.get("profile"), chaos=chaos, target=server.server,
+                              impair=_impair(spec, variant, step),
                               progress=progress.live, label=progress.label)
             given = {**spec.get("defaults", {}), **step}
             ack = opts.wire.ack_for(given.get("ack"))  # unset: the profile's

@@ -192,3 +192,35 @@ def test_sweep_chaos_per_variant_and_step_and_the_server_is_back_for_the_next_st
     assert [a["action"] for a in first["metadata"]["chaos"]] == ["kill"]  # the variant's
     assert [a["action"] for a in second["metadata"]["chaos"]] == ["pause", "resume"]  # the step's wins
     assert second["delivery"]["acked"] > 0  # killed in step 0, restarted before step 1
+
+
+IMPAIR = """
+duration = 2
+[defaults]
+room_size = 2
+rate = 5
+drain = 1
+[[variants]]
+name = "py"
+impair = "latency=40ms"
+[[steps]]
+users = 2
+[[steps]]
+users = 2
+impair = "latency=5ms"
+"""
+
+
+@pytest.mark.timeout(90)
+def test_sweep_impairs_per_variant_and_step(tmp_path: Path) -> None:
+    path = tmp_path / "impair.toml"
+    path.write_text(IMPAIR)
+    out = sweep(path, out_root=tmp_path / "results")
+    meta = orjson.loads((out / "run.json").read_bytes())
+    assert sorted(meta["done"]) == ["py/s0-r0", "py/s1-r0"] and "failed" not in meta
+    first, second = (orjson.loads((out / d / "summary.json").read_bytes()) for d in ("py/s0-r0", "py/s1-r0"))
+    assert first["metadata"]["impair"]["spec"] == "latency=40ms"  # the variant's
+    assert second["metadata"]["impair"]["spec"] == "latency=5ms"  # the step's wins
+    # 40 ms each way: an ack's round trip takes >= 80 ms through the proxy, 5 ms each way far less
+    assert first["latency_ms"]["ack"]["p50"] >= 80 > second["latency_ms"]["ack"]["p50"]
+    assert first["delivery"]["lost"] == second["delivery"]["lost"] == 0 and first["delivery"]["acked"] > 0

@@ -38,6 +38,7 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         _check_table(path, where + ".", step, _STEP_TYPES)
         _check_range(path, where + ".users", step.get("users", 10), 1, 1_000_000)
         _check_range(path, where + ".spawn_rate", step.get("spawn_rate", 100.0), 0, 1e6, low_open=True)
-        _check_chaos(path, where + ".chaos", step)
-        _check_impair(path, where + ".impair", step)
+        _check_specs(path, where, step)
         try:
             _scenario(spec, step)  # the scenario's own ranges
         except UsageError as exc:
@@ -131,28 +131,25 @@ def _check_variant(path: str | Path, where: str, v: Any) -> None:
             check_command(v["name"], v["command"])
         except UsageError as exc:
             raise UsageError(f"{path}: {where}.command: {exc}") from None
-    _check_chaos(path, where + ".chaos", v)
-    _check_impair(path, where + ".impair", v)
+    _check_specs(path, where, v)
     if "chaos" in v and "url" in v:
         raise UsageError(f"{path}: {where}.chaos kills and pauses a server the sweep starts: not one given by url")
     if "stop_p99_ms" in v:
         _check_range(path, where + ".stop_p99_ms", v["stop_p99_ms"], 0, MAX_SECONDS * 1000, low_open=True)
 
 
-def _check_chaos(path: str | Path, key: str, table: dict[str, Any]) -> None:
-    if "chaos" in table:
-        try:
-            parse_chaos(table["chaos"])
-        except UsageError as exc:
-            raise UsageError(f"{path}: {key}: {exc}") from None
+#: the SPEC-valued keys and their parsers (each raises a one-line UsageError)
+_SPECS: dict[str, Callable[[str], object]] = {"chaos": parse_chaos, "impair": parse_spec}
 
 
-def _check_impair(path: str | Path, key: str, table: dict[str, Any]) -> None:
-    if "impair" in table:
-        try:
-            parse_spec(table["impair"])
-        except UsageError as exc:
-            raise UsageError(f"{path}: {key}: {exc}") from None
+def _check_specs(path: str | Path, where: str, table: dict[str, Any]) -> None:
+    """``chaos`` and ``impair`` of a variant, a step or [defaults] parse."""
+    for key, parse in _SPECS.items():
+        if key in table:
+            try:
+                parse(table[key])
+            except UsageError as exc:
+                raise UsageError(f"{path}: {where}.{key}: {exc}") from None
 
 
 def _check_table(path: str | Path, where: str, table: Any, types: dict[str, type]) -> None:

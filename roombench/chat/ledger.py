@@ -316,19 +316,7 @@ class Ledger:
             return self.on_live(receiver, temp_id, msg_id)
         if rec[_SENDER] == receiver:
             return OWN
-        pending = rec[_PENDING]
-        if receiver in pending:  # on_live's first delivery, inlined
-            pending.remove(receiver)
-            self._delivered_live += 1
-            if rec[_MSG_ID] is None and msg_id is not None:
-                self._note_id(rec, msg_id)
-            if self._opaque:
-                self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
-            if not pending and rec[_SETTLED]:
-                self._retire(temp_id, rec)
-            return rec[_T]  # type: ignore[no-any-return]
-        self._classify_extra(rec, receiver)
-        return None
+        return self._delivered(rec, receiver, temp_id, msg_id)
 
     def on_live(self, receiver: int, temp_id: str, msg_id: Any) -> float | None:
         """A live new_message reached ``receiver`` (never the sender's own echo).
@@ -338,19 +326,7 @@ class Ledger:
         """
         rec = self._records.get(temp_id)
         if rec is not None:
-            pending = rec[_PENDING]
-            if receiver in pending:
-                pending.remove(receiver)
-                self._delivered_live += 1
-                if rec[_MSG_ID] is None and msg_id is not None:
-                    self._note_id(rec, msg_id)
-                if self._opaque:
-                    self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
-                if not pending and rec[_SETTLED]:
-                    self._retire(temp_id, rec)
-                return rec[_T]
-            self._classify_extra(rec, receiver)
-            return None
+            return self._delivered(rec, receiver, temp_id, msg_id)
         old = self._find_retired(temp_id)
         if old is not None:
             sender, members, whole = old
@@ -367,6 +343,23 @@ class Ledger:
             self._unexpected += 1
         return None
 
+
+    def _delivered(self, rec: list[Any], receiver: int, temp_id: str, msg_id: Any) -> float | None:
+        """A live copy of an in-flight message reached ``receiver`` (not its sender): its
+        intended send time on the first expected delivery, None for an extra copy."""
+        pending = rec[_PENDING]
+        if receiver in pending:
+            pending.remove(receiver)
+            self._delivered_live += 1
+            if rec[_MSG_ID] is None and msg_id is not None:
+                self._note_id(rec, msg_id)
+            if self._opaque:
+                self._order.delivered(receiver, rec[_ROOM], rec[_SENDER], rec[_MARK])
+            if not pending and rec[_SETTLED]:
+                self._retire(temp_id, rec)
+            return rec[_T]  # type: ignore[no-any-return]
+        self._classify_extra(rec, receiver)
+        return None
     def on_backfill(self, receiver: int, temp_id: str, msg_id: Any) -> bool:
         """A REST backfill returned ``temp_id`` to ``receiver``; True if it filled a gap.
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -182,13 +183,19 @@ chaos = "pause@1s,resume@1.5s"
 
 
 @pytest.mark.timeout(90)
-def test_sweep_chaos_per_variant_and_step_and_the_server_is_back_for_the_next_step(tmp_path: Path) -> None:
-    path = tmp_path / "chaos.toml"
-    path.write_text(CHAOS)
+def _two_steps(tmp_path: Path, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sweep ``text`` (variant py, two steps); both steps' summaries, once both are done."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
     out = sweep(path, out_root=tmp_path / "results")
     meta = orjson.loads((out / "run.json").read_bytes())
     assert sorted(meta["done"]) == ["py/s0-r0", "py/s1-r0"] and "failed" not in meta
     first, second = (orjson.loads((out / d / "summary.json").read_bytes()) for d in ("py/s0-r0", "py/s1-r0"))
+    return first, second
+
+
+def test_sweep_chaos_per_variant_and_step_and_the_server_is_back_for_the_next_step(tmp_path: Path) -> None:
+    first, second = _two_steps(tmp_path, CHAOS)
     assert [a["action"] for a in first["metadata"]["chaos"]] == ["kill"]  # the variant's
     assert [a["action"] for a in second["metadata"]["chaos"]] == ["pause", "resume"]  # the step's wins
     assert second["delivery"]["acked"] > 0  # killed in step 0, restarted before step 1
@@ -213,12 +220,7 @@ impair = "latency=5ms"
 
 @pytest.mark.timeout(90)
 def test_sweep_impairs_per_variant_and_step(tmp_path: Path) -> None:
-    path = tmp_path / "impair.toml"
-    path.write_text(IMPAIR)
-    out = sweep(path, out_root=tmp_path / "results")
-    meta = orjson.loads((out / "run.json").read_bytes())
-    assert sorted(meta["done"]) == ["py/s0-r0", "py/s1-r0"] and "failed" not in meta
-    first, second = (orjson.loads((out / d / "summary.json").read_bytes()) for d in ("py/s0-r0", "py/s1-r0"))
+    first, second = _two_steps(tmp_path, IMPAIR)
     assert first["metadata"]["impair"]["spec"] == "latency=40ms"  # the variant's
     assert second["metadata"]["impair"]["spec"] == "latency=5ms"  # the step's wins
     # 40 ms each way: an ack's round trip takes >= 80 ms through the proxy, 5 ms each way far less

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+from gevent.pool import Group
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -41,8 +42,45 @@ def current_generator(environment: Environment) -> Generator:
     return RunState.gen
 
 
+def _never(user: ChatUser) -> None:
+    """The body of a user's stand-in greenlet, which is never started (see ChatUser.start)."""
+
+
 class ChatUser(User):
-    """One chat app session: one connection, its rooms, an open-loop send schedule."""
+    """One chat app session: one connection, its rooms, an open-loop send schedule.
+
+    Under the one send loop (``chat.clock``, the default) a user needs no greenlet of its
+    own once connected, and a parked greenlet costs ~8-10 KB of RSS (its saved stack slice
+    and Python frames: more than the rest of an idle connection). Locust counts and stops
+    users by the greenlets in its group (``greenlet.args[0]`` is the user), so the user
+    puts an unstarted stand-in there, and a short-lived greenlet connects the session and
+    hands its schedule to the clock; :meth:`stop` closes the session and kills the
+    stand-in. ``ROOMBENCH_SENDER=greenlet``: Locust's own greenlet runs the schedule.
+    """
+
+    _starter: gevent.Greenlet | None = None
+
+    def start(self, group: Group) -> gevent.Greenlet:
+        gen = current_generator(self.environment)
+        if gen.clock is None:
+            return super().start(group)
+        self._greenlet = gevent.Greenlet(_never, self)
+        self._group = group
+        group.add(self._greenlet)
+        self._starter = gevent.spawn(self._connect_and_hand_over, gen)
+        return self._greenlet
+
+    def _connect_and_hand_over(self, gen: Generator) -> None:
+        self.session = gen.new_session()
+        self.session.run()  # connects, joins, and gives the schedule to the clock
+
+    def stop(self, force: bool = False) -> bool:
+        if self._starter is None:
+            return super().stop(force)
+        self._starter.kill(block=False)  # still connecting: no more of that
+        self._group.killone(self._greenlet)
+        self.on_stop()
+        return True
 
     def on_start(self) -> None:
         self.session = current_generator(self.environment).new_session()

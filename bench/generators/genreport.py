@@ -298,12 +298,14 @@ def markdown(doc: dict[str, Any]) -> str:
             mark = {True: "PASS", False: "FAIL", None: "–"}[t["pass"]]
             lines.append(f"| {name} | {_f(t['value'], 2)} | {t['want']} | {mark} |")
         lines.append("")
-    profiled = [r for r in doc["runs"] if r.get("profile") and r["tool"] == "roombench-lean"
-                and r["suite"] in ("ack", "profile")]
-    if profiled:
+    for suites, what in ((("ack", "profile"), "closed loop"), (("profile-equal",), "equal load")):
+        profiled = [r for r in doc["runs"] if r.get("profile") and r["tool"] == "roombench-lean" and r["suite"] in suites]
+        if not profiled:
+            continue
         r = max(profiled, key=lambda r: r["connections"] == 50)
-        lines += [f"Profile of roombench-lean at {r['connections']} connections (py-spy, % of samples; C time "
-                  "is charged to the Python line that called it):", "", "| self % | function | | inclusive % | function |",
+        rate = f", {r['connections'] * r['rate']:,.0f}/s offered" if r.get("rate") else ""
+        lines += [f"Profile of roombench-lean, {what}, at {r['connections']} connections{rate} (py-spy, % of samples; "
+                  "C time is charged to the Python line that called it):", "", "| self % | function | | inclusive % | function |",
                   "|---|---|---|---|---|"]
         for (f1, p1), (f2, p2) in zip(r["profile"]["self"], r["profile"]["inclusive"]):
             lines.append(f"| {p1} | {f1} | | {p2} | {f2} |")

@@ -149,6 +149,11 @@ def plan(a: argparse.Namespace, fd_cap: int) -> list[tuple[str, int, Job]]:
         # would slow the server they share 2 cores with, and only the Python tools' rounds
         n = 50 if 50 in a.connections else a.connections[0]
         out += [("profile", 0, Job(t, "ack", n)) for t in a.tools if split_tool(t)[0] in PYTHON_TOOLS]
+    if a.profile and "equal" in a.suites:
+        # at equal load the per-wake-up costs (parking, timers) show, which a closed loop hides
+        n, offered = a.equal_connections, a.equal_rates[0]
+        out += [("profile-equal", 0, Job(t, "rate", n, rate=round(offered / n, 3)))
+                for t in a.tools if split_tool(t)[0] in PYTHON_TOOLS]
     return out
 
 
@@ -229,7 +234,7 @@ def _run(a: argparse.Namespace, fd_cap: int, commits: dict[str, str]) -> int:
     for i, (suite, rnd, job) in enumerate(jobs, 1):
         spy = profiles / f"{suite}-{job.tool.replace('/', '_')}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
         result = measure(job, a.warmup, a.duration if suite != "idle" else min(a.duration, 3.0),
-                         spy if suite == "profile" else None)
+                         spy if suite.startswith("profile") else None)
         result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,
                       room_size=job.room_size, processes=job.processes,
                       rate=job.rate if job.mode in ("fanout", "rate") else None)
@@ -250,7 +255,7 @@ def _line(r: dict[str, Any]) -> str:
     if r["suite"] == "idle":
         return (f"{head} held {r['connected']} rss {r['rss_per_conn_kb']} KB/conn {r['connects_per_s']:.0f} conn/s")
     lat = r["lat"].get("fanout" if r["suite"] == "fanout" else "ack", {})
-    if r["suite"] == "equal":
+    if r["suite"] in ("equal", "profile-equal"):
         return (f"{head} offered {r['connections'] * r['rate']:.0f}/s: {r['acks_per_s']:.0f} acks/s, {r['us_cpu_per_ack']} µs "
                 f"CPU each (server {r['server_us_cpu_per_ack']} µs, ratio {r['gen_to_server']}), "
                 f"p99 {lat.get('p99_ms', 0):.2f} ms")

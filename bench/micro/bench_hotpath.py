@@ -76,7 +76,7 @@ def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytes, bytes]]:
                "temp_id": temp_id, "created_at": 1765100000.123}
         echo = b'42["new_message",' + orjson.dumps(msg) + b"]"
         ack = b"43%d[" % (i + 1) + orjson.dumps({"id": msg_id, "temp_id": temp_id}) + b"]"
-        out.append((echo, ack))
+        out.append((bytearray(echo), bytearray(ack)))  # as the parser hands them: slices of a bytearray
     return out
 
 

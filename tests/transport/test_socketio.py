@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
 from roombench.wire import frames, packets
@@ -283,3 +284,39 @@ def test_refused_reconnect_is_reported_and_retried(kind: str, scripted: Any, mak
     transport.connect()
     assert wait_until(lambda: rec.connects == [False, True], timeout=5.0), (rec.connects, rec.errors)
     assert ("connect_error", "come back later") in rec.errors
+
+
+def test_parse_cache_steps_aside_while_no_payload_repeats_and_serves_fan_out(kind: str, scripted: Any, make: Any) -> None:
+    if kind != "lean":
+        pytest.skip("the parse cache is the lean transport's")
+    from roombench.transport import socketio
+
+    new_message = DEFAULT_PROFILE.event("new_message")
+    kept = socketio._PARSED_KEPT
+    done = gevent.event.Event()
+
+    def script(peer: ScriptedPeer, n: int) -> None:
+        peer.accept()
+        for i in range(kept + 10):  # rooms of one: every payload is new
+            peer.send(packets.encode_event(new_message, {"id": i}))
+        peer.send(b'42["' + new_message.encode() + b'",{"id":"mark"}]')
+        done.wait(5)
+        for i in range(kept + 10):  # a fan-out: each payload arrives again and again
+            for _ in range(3):
+                peer.send(packets.encode_event(new_message, {"id": -i}))
+        peer.hold()
+
+    socketio._CACHE[:] = [0, 0]
+    socketio._PARSED.clear()
+    transport, rec = make(scripted(script), kind=kind)
+    transport.connect()
+    assert wait_until(lambda: len(rec.events) == kept + 11)
+    skipping = socketio._CACHE[1]
+    socketio._CACHE[:] = [0, 0]  # as after the skipped stretch: the cache is tried again
+    done.set()
+    assert wait_until(lambda: len(rec.events) == kept + 11 + 3 * (kept + 10))
+    # a generation without hits sets the cache aside; one of repeats keeps it on
+    assert skipping > 0 and socketio._CACHE[1] == 0, (skipping, socketio._CACHE)
+    ids = [data["id"] for _, data in rec.events]
+    assert ids[:kept + 11] == [*range(kept + 10), "mark"] and ids[kept + 11:] == [-i for i in range(kept + 10) for _ in range(3)]
+    assert rec.errors == []

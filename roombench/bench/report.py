@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roombench.bench.compare import ALPHA, MIN_EFFECT, Comparison, Run, Side, compare_sides
+from roombench.bench.compare import Comparison, Side, compare_sides
+from roombench.bench.verdict import ALPHA, MIN_EFFECT, Run
 from roombench.measure.metrics import Metrics, percentiles
 from roombench.measure.summary import load_summary
 from roombench.bench.sweep import load_run
@@ -128,8 +129,9 @@ VERDICT_METRICS = ("ack", "fanout")
 
 def comparisons(sw: Sweep, step: int, metrics: tuple[str, ...] = VERDICT_METRICS) -> list[Comparison]:
     """Every variant that ran ``step`` against the first one listed that did, decided by
-    bench.compare's rule (U test over repeats, else the block bootstrap over the interval
-    logs): the verdicts `roombench compare` gives for the same step folders."""
+    bench.compare.compare_sides (bench.verdict's rule: U test over repeats, else the block
+    bootstrap over the interval logs): the verdicts `roombench compare` gives for the same
+    step folders."""
     with_data = [v for v in sw.variants if sw.at(v, step)]
     if len(with_data) < 2:
         return []

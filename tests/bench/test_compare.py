@@ -109,7 +109,7 @@ def test_one_run_a_side_is_called_only_when_the_whole_interval_clears_the_minimu
 
 def test_repeats_decide_by_u_test(tmp_path: Path) -> None:
     """A sweep's repeats: 4 + 4 with every new repeat slower is significant by U (exact: no ties)."""
-    from roombench.bench.compare import Run, decide
+    from roombench.bench.verdict import Run, decide
     from roombench.measure.summary import load_summary
 
     base = [Run(load_summary(fake_run(tmp_path / f"b{i}", 2.0 + 0.2 * i, seed=i, intervals=3) / "summary.json"), tmp_path)

@@ -144,7 +144,13 @@ class Poller:
                 if timers is not None and timers.next_due() <= t:
                     timers.run_due()
                 if t - shared > SHARE_S:  # busy since the last park or share: the others' turn
-                    gevent.sleep(0)
+                    # a whole turn of the hub's loop: libev runs an idle watcher only in a turn
+                    # with nothing else to do. sleep(0) from here would only run the callbacks
+                    # queued, ours among them, and be back before the loop turned: its I/O and
+                    # timers waited for gevent's clock check every 50 callbacks (a 10 ms sleep
+                    # woke 0.1-0.25 s late, so a saturated generator starved its lag probe,
+                    # backfills and reconnects)
+                    gevent.idle()
                     shared = _now()
                 events = poll(0)
                 if not events:

@@ -10,6 +10,7 @@ import gevent
 import pytest
 from gevent.monkey import get_original
 
+from roombench.transport import poller as poller_module
 from roombench.transport.poller import Poller, available
 
 _busy_wait = get_original("time", "sleep")  # the tests run monkey-patched: this one never yields
@@ -173,3 +174,27 @@ def test_a_saturated_poller_still_lets_other_greenlets_run(pairs: list[tuple[soc
     sleeper.join(3)
     poller.discard(a.fileno())
     assert woke and woke[0] < 0.5, woke  # without sharing: only once the poller gave up, at 2 s
+
+
+def test_a_saturated_poller_lets_the_hubs_timers_run_within_its_share(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    # its turns must turn the hub's loop: a sleep(0) there only ran the callbacks queued and
+    # came back, and the timers waited for gevent's clock check every 50 callbacks
+    poller = Poller()
+    a, b = _pair(pairs)
+    b.sendall(b"x")
+    started = time.perf_counter()
+
+    def busy() -> None:
+        _busy_wait(0.0002)  # work, no yield
+        if time.perf_counter() - started > 3.0:
+            poller.discard(a.fileno())  # bounded: ends the poller's loop either way
+
+    poller.add(a.fileno(), busy)
+    late: list[float] = []
+    for _ in range(20):
+        t = time.perf_counter()
+        gevent.sleep(0.01)
+        late.append(time.perf_counter() - t - 0.01)
+    poller.discard(a.fileno())
+    assert max(late) < poller_module.SHARE_S + 0.03, [round(x, 4) for x in late]

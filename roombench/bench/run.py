@@ -392,38 +392,56 @@ def _wait_locust(proc: subprocess.Popen[bytes], opts: RunOptions, sig: _Signals,
 
 def _run_impaired(opts: RunOptions, host: str, out: Path, scenario: Scenario, server: ServerProcess | None,
                   sig: _Signals, watch: Any) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    """Locust against ``host``, or with ``opts.impair`` against a proxy in front of it
-    (its own process, stopped in ``finally``; it also exits when our end of its stdin closes,
-    so it cannot outlive us). The summary's metadata.impair says what it did."""
+    """Locust against ``host``, or with ``opts.impair`` against proxies in front of it: one
+    per URL of a server spread over processes (py-redis), each its own process, stopped in
+    ``finally`` (each also exits when our end of its stdin closes, so none can outlive us).
+    The summary's metadata.impair says what they did: ``proxy`` sums their counts,
+    ``proxies`` has each URL's."""
     if not opts.impair:
         return _run_locust(opts, host, out, scenario, server, sig, watch)
-    from roombench.servers.proxy import STATS, parse_spec
+    from roombench.servers.proxy import parse_spec
 
     imp = parse_spec(opts.impair)
-    if "," in host:
-        raise UsageError("--impair takes one server URL: give --host a single URL")
-    with open(out / "proxy.log", "wb") as log:  # the child keeps its own copy of the fd
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "roombench.servers.proxy", "--to", host, "--impair", opts.impair,
-             "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-    stats: dict[str, Any] = {}
+    targets = [h.strip() for h in host.split(",") if h.strip()]
+    logs = [out / "proxy.log"] if len(targets) == 1 else [out / f"proxy-{i}.log" for i in range(1, len(targets) + 1)]
+    proxies: list[subprocess.Popen[str]] = []
+    per_target: list[dict[str, Any]] = []
     try:
-        proxied = _proxy_url(proxy, host, out)
+        for target, log_path in zip(targets, logs):
+            with open(log_path, "wb") as log:  # the child keeps its own copy of the fd
+                proxies.append(subprocess.Popen(
+                    [sys.executable, "-m", "roombench.servers.proxy", "--to", target, "--impair", opts.impair,
+                     "--exit-on-stdin-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True))
+        proxied = ",".join(_proxy_url(p, t, log) for p, t, log in zip(proxies, targets, logs))
         summary, chaos = _run_locust(opts, proxied, out, scenario, server, sig, watch)
     finally:
-        try:
-            rest, _ = proxy.communicate(timeout=5)  # closes its stdin: EOF stops the proxy
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-            rest, _ = proxy.communicate()
-        for line in rest.splitlines():
-            if line.startswith(STATS + " "):
-                stats = json.loads(line[len(STATS) + 1:])
-    summary["metadata"]["impair"] = {**imp.to_dict(), "target": host, "proxy": stats}
+        for target, proxy in zip(targets, proxies):
+            per_target.append({"target": target, **_stop_proxy(proxy)})
+    total: dict[str, Any] = {}
+    for stats in per_target:
+        for k, v in stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    summary["metadata"]["impair"] = {**imp.to_dict(), "target": host, "proxy": total, "proxies": per_target}
     return summary, chaos
 
 
-def _proxy_url(proxy: subprocess.Popen[str], host: str, out: Path) -> str:
+def _stop_proxy(proxy: subprocess.Popen[str]) -> dict[str, Any]:
+    """Stop one proxy (EOF on its stdin) and return the counts its last line reported."""
+    from roombench.servers.proxy import STATS
+
+    try:
+        rest, _ = proxy.communicate(timeout=5)  # closes its stdin: EOF stops the proxy
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        rest, _ = proxy.communicate()
+    for line in (rest or "").splitlines():
+        if line.startswith(STATS + " "):
+            return dict(json.loads(line[len(STATS) + 1:]))
+    return {}
+
+
+def _proxy_url(proxy: subprocess.Popen[str], host: str, log: Path) -> str:
     """The proxy's URL once its READY line came (same scheme as ``host``); RoombenchError if it died."""
     from roombench.servers.proxy import parse_ready
 
@@ -432,7 +450,7 @@ def _proxy_url(proxy: subprocess.Popen[str], host: str, out: Path) -> str:
     where = parse_ready(line)
     if where is None:
         proxy.wait(5)
-        tail = (out / "proxy.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise RoombenchError(f"the impairment proxy did not start: {tail[0]} (see {out}/proxy.log)")
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RoombenchError(f"the impairment proxy did not start: {tail[0]} (see {log})")
     scheme = host.split("://", 1)[0]
     return f"{scheme}://{where[0]}:{where[1]}"

@@ -25,7 +25,7 @@ redone: ``--resume DIR`` picks up an interrupted sweep where it stopped, redoing
 recorded ``interrupted`` (a SIGINT/SIGTERM cut them short) or ``failed``. ``chaos = "..."``
 on a variant or a step (see bench.chaos) hurts the server the sweep started during it;
 ``impair = "..."`` (servers.proxy, `run --impair`) in [defaults], on a variant or a step puts
-the impairment proxy between the load and a one-URL server. A step's wins over its
+the impairment proxy between the load and the server (one per URL). A step's wins over its
 variant's, a variant's over [defaults]'.
 """
 
@@ -94,19 +94,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if "chaos" in step and any("url" in v for v in variants):
             raise UsageError(f"{path}: {where}.chaos kills and pauses servers the sweep starts: "
                              "not one given by url (put chaos on the variants instead)")
-    for i, v in enumerate(variants):
-        if _urls(v) > 1 and any(_impair(spec, v, step) for step in steps):
-            raise UsageError(f"{path}: variants[{i}] ({v['name']!r}) serves {_urls(v)} URLs; impair puts one "
-                             "proxy in front of one URL: leave impair off for it")
     return spec
-
-
-def _urls(variant: dict[str, Any]) -> int:
-    """How many URLs the variant serves (a built-in may run several processes)."""
-    if "url" in variant:
-        return len(variant["url"].split(","))
-    builtin = VARIANTS.get(variant["name"])
-    return builtin.processes if builtin is not None and "command" not in variant else 1
 
 
 def _impair(spec: dict[str, Any], variant: dict[str, Any], step: dict[str, Any]) -> str | None:

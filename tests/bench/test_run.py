@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -138,3 +139,20 @@ def test_on_tick_is_called_about_once_a_second_while_locust_runs(tmp_path: Path)
     assert len(ticks) >= 3
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert all(0.9 < g < 1.5 for g in gaps), gaps
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
+def test_impair_puts_a_proxy_before_each_url_of_a_server_spread_over_processes(tmp_path: Path) -> None:
+    # py-redis: two server processes, users spread over both; each URL gets its proxy
+    out = tmp_path / "run"
+    res = roombench("run", "--server", "py-redis", *SMALL, "--impair", "latency=40ms", "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = orjson.loads((out / "summary.json").read_bytes())
+    imp = s["metadata"]["impair"]
+    targets = imp["target"].split(",")
+    assert len(targets) == 2 and [p["target"] for p in imp["proxies"]] == targets
+    assert all(p["connections"] >= 3 for p in imp["proxies"]), imp  # 6 users over 2 URLs, and backfills
+    assert imp["proxy"]["connections"] == sum(p["connections"] for p in imp["proxies"])
+    assert s["latency_ms"]["ack"]["p50"] > 80  # 40 ms each way, for the users on either URL
+    assert s["delivery"]["lost"] == 0 and s["delivery"]["sent"] > 0

@@ -48,10 +48,6 @@ def _file(tmp_path: Path, top: str = "", variant: str = VARIANT, step: str = STE
     ("", VARIANT + "impair = 'latency=fast'\n", STEP, "variants[0].impair"),
     ("", VARIANT, "[[steps]]\nimpair = 'explode@3s'\n", "steps[0].impair"),
     ("[defaults]\nimpair = 3", VARIANT, STEP, "defaults.impair"),
-    # one proxy in front of one URL: not a two-process built-in, nor a url list
-    ("[defaults]\nimpair = 'latency=5ms'", "[[variants]]\nname = 'py-redis'\n", STEP, "variants[0]"),
-    ("", "[[variants]]\nname = 'x'\nurl = 'http://127.0.0.1:1,http://127.0.0.1:2'\n",
-     "[[steps]]\nimpair = 'latency=5ms'\n", "variants[0]"),
 ])
 def test_bad_value_names_file_and_key(tmp_path: Path, top: str, variant: str, step: str, key: str) -> None:
     path = _file(tmp_path, top, variant, step)

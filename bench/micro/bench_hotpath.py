@@ -9,10 +9,13 @@ two syscalls (one send, one recv) every Python client pays (``bench/generators``
 those too, on a real server); it moves only when the hot path's code does, which makes it
 the quick A/B for a hot-path change before the slower, noisier end-to-end one.
 
-    python -m bench.micro.bench_hotpath [--n 100000] [--repeats 5]
+    python -m bench.micro.bench_hotpath [--n 100000] [--repeats 5] [--sessions 1,50,1000]
 
 Prints ns per ack (best of the repeats) and, for scale, a bare loop of the same frames
-through orjson (what python-raw does per ack). Not a test; bounded to a few seconds.
+through orjson (what python-raw does per ack). ``--sessions 1,50,1000`` serves that many
+sessions round-robin, as the poller does its connections: the cost per ack grows with them
+(each ack touches a dozen objects of its session, which stop fitting in the CPU's caches).
+Not a test; bounded to a few seconds per session count.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from roombench.transport.conn import Conn  # noqa: E402
 from roombench.wire.profile import DEFAULT_PROFILE  # noqa: E402
 
 MAX_N = 1_000_000
+MAX_SESSIONS = 5_000  # a socket pair each: within the open-file limit
 
 
 class _Sink:
@@ -47,24 +51,29 @@ class _Sink:
         return len(frame)
 
 
-def _session(n: int) -> tuple[Any, Any, Any, _Sink]:
-    """A joined closed-loop session (window 1, a room of one, acks by callback)."""
+def _generator() -> Any:
     sc = Scenario(room_size=1, rate=1.0, window=1, ack="callback", size=64, typing_every=0, read_every=0,
                   transport="lean", token="t")
-    gen = Generator("http://127.0.0.1:9", sc, DEFAULT_PROFILE)
+    return Generator("http://127.0.0.1:9", sc, DEFAULT_PROFILE)
+
+
+def _session(gen: Any, keep: list[Any]) -> tuple[Any, Any, _Sink]:
+    """A joined closed-loop session of ``gen`` (window 1, a room of one, acks by callback);
+    its socket pair goes into ``keep`` (only the sends are replaced)."""
     session = gen.new_session()
     tr = session.transport
-    a, _b = gsocket.socketpair()
+    a, b = gsocket.socketpair()
+    keep += [a, b]
     conn = Conn(a, tr)
     sink = conn.raw = _Sink()
     tr._conn = conn
     tr._session_up(conn, "sid")  # on_connect: the join goes out with ack id 0
     tr._on_text(conn, b'430[{"ok":true,"last_id":0}]')
     session.run()  # hands the schedule over; window 1: the first message goes out now
-    return gen, session, conn, sink
+    return session, conn, sink
 
 
-def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytes, bytes]]:
+def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytearray, bytearray]]:
     """The server's answers to the session's next ``n`` sends: (echo, ack) payloads."""
     ledger, room = session.gen.ledger, session.rooms[0]
     prefix, k0 = ledger.prefix, int(next(iter(session.unconfirmed))[len(ledger.prefix):])
@@ -80,21 +89,28 @@ def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def bench_session(n: int) -> float:
-    """ns per ack through the session (echo, then ack, then the next send)."""
-    gen, session, conn, sink = _session(n)
-    frames = _frames(session, n, 1)
-    on_text = session.transport._on_text
+def bench_session(n: int, sessions: int = 1) -> float:
+    """ns per ack through ``sessions`` sessions of one generator served round-robin, as the
+    poller serves its connections (echo, then ack, then the next send; ``n`` acks in all)."""
+    gen, keep = _generator(), []
+    made = [_session(gen, keep) for _ in range(sessions)]
+    per = max(1, n // sessions)
+    # one message at a time from each session in turn: [(on_text, conn, echo, ack), ...]
+    script = [(s.transport._on_text, conn, echo, ack)
+              for steps in zip(*(_frames(s, per, 1) for s, _, _ in made))
+              for (s, conn, _), (echo, ack) in zip(made, steps)]
     t0 = time.perf_counter_ns()
-    for echo, ack in frames:
+    for on_text, conn, echo, ack in script:
         on_text(conn, echo)
         on_text(conn, ack)
     dt = time.perf_counter_ns() - t0
-    acked = gen.ledger.counts().acked
-    if acked != n or sink.sent != n + 2 or gen.errors:  # the join and the first send, then one per ack
-        raise SystemExit(f"bench_hotpath: the loop did not run as meant: acked {acked}, sent {sink.sent}, "
+    acked, sent = gen.ledger.counts().acked, sum(sink.sent for _, _, sink in made)
+    if acked != len(script) or sent != len(script) + 2 * sessions or gen.errors:  # each: the join, the first send
+        raise SystemExit(f"bench_hotpath: the loop did not run as meant: acked {acked}, sent {sent}, "
                          f"errors {dict(gen.errors)}")
-    return dt / n
+    for sock in keep:
+        sock.close()
+    return dt / len(script)
 
 
 def bench_bare(n: int) -> float:
@@ -114,14 +130,20 @@ def bench_bare(n: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--n", type=int, default=100_000, help="acks per measurement")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sessions", default="1", help="comma-separated session counts, served round-robin")
     a = p.parse_args()
     n = max(1000, min(a.n, MAX_N))
-    session = min(bench_session(n) for _ in range(max(1, a.repeats)))
+    try:
+        counts = [max(1, min(int(x), MAX_SESSIONS)) for x in a.sessions.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--sessions takes comma-separated integers, got {a.sessions!r}")
     bare = min(bench_bare(n) for _ in range(max(1, a.repeats)))
-    print(f"session (lean, ledger, HDR): {session:7.0f} ns per ack")
-    print(f"bare parse + send build    : {bare:7.0f} ns per ack  (session / bare = {session / bare:.2f})")
+    for k in counts:
+        session = min(bench_session(n, k) for _ in range(max(1, a.repeats)))
+        print(f"session (lean, ledger, HDR), {k:5d} session(s): {session:7.0f} ns per ack  (/ bare = {session / bare:.2f})")
+    print(f"bare parse + send build                   : {bare:7.0f} ns per ack")
 
 
 if __name__ == "__main__":

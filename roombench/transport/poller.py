@@ -73,6 +73,21 @@ def available() -> bool:
     return _epoll is not None
 
 
+def _share() -> None:
+    """The process's other greenlets' turn: a whole turn of the hub's loop, at most SHARE_S.
+
+    ``gevent.idle()``: libev runs an idle watcher only in a loop turn with nothing else to
+    do, so the greenlets that were ready, and the I/O and timers that came due, have all
+    had their go. Not ``sleep(0)``: from here that only runs the callbacks queued, ours
+    among them, and is back before the loop turned (its I/O and timers waited for gevent's
+    clock check every 50 callbacks: a 10 ms sleep woke 0.1-0.25 s late beside a saturated
+    poller, starving the lag probe, backfills and reconnects). Bounded, because a loop that
+    is never idle (a greenlet spinning on ``sleep(0)``) would otherwise hold every read.
+    """
+    with gevent.Timeout(SHARE_S, False):
+        gevent.idle()
+
+
 class Poller:
     """The process's reader of established connections (see the module docstring)."""
 
@@ -144,13 +159,7 @@ class Poller:
                 if timers is not None and timers.next_due() <= t:
                     timers.run_due()
                 if t - shared > SHARE_S:  # busy since the last park or share: the others' turn
-                    # a whole turn of the hub's loop: libev runs an idle watcher only in a turn
-                    # with nothing else to do. sleep(0) from here would only run the callbacks
-                    # queued, ours among them, and be back before the loop turned: its I/O and
-                    # timers waited for gevent's clock check every 50 callbacks (a 10 ms sleep
-                    # woke 0.1-0.25 s late, so a saturated generator starved its lag probe,
-                    # backfills and reconnects)
-                    gevent.idle()
+                    _share()
                     shared = _now()
                 events = poll(0)
                 if not events:

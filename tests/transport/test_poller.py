@@ -179,3 +179,32 @@ def test_a_saturated_poller_lets_the_hubs_timers_run_within_its_share(
         late.append(time.perf_counter() - t - 0.01)
     poller.discard(a.fileno())
     assert max(late) < poller_module.SHARE_S + 0.03, [round(x, 4) for x in late]
+
+
+def test_a_greenlet_spinning_on_sleep_0_does_not_hold_a_saturated_pollers_reads(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    # the poller's turn waits for an idle loop, which such a greenlet never lets happen:
+    # the turn is bounded, so reads go on (about half the time, SHARE_S each)
+    poller = Poller()
+    a, b = _pair(pairs)
+    b.sendall(b"x")
+    calls = [0]
+
+    def busy() -> None:
+        calls[0] += 1
+        _busy_wait(0.0002)
+
+    poller.add(a.fileno(), busy)
+    gevent.sleep(0.02)
+
+    def spin() -> None:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.5:
+            gevent.sleep(0)
+
+    spinner = gevent.spawn(spin)
+    gevent.sleep(0)
+    before = calls[0]
+    spinner.join(3)
+    poller.discard(a.fileno())
+    assert calls[0] - before > 100, calls[0] - before  # ~1,200 here; 0 with an unbounded idle()

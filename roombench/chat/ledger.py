@@ -313,7 +313,8 @@ class Ledger:
             old = self._find_retired(temp_id)
             if old is not None and old[0] == receiver:
                 return OWN
-            return self.on_live(receiver, temp_id, msg_id)
+            self._extra_copy(receiver, temp_id, old)
+            return None
         if rec[_SENDER] == receiver:
             return OWN
         return self._delivered(rec, receiver, temp_id, msg_id)
@@ -327,7 +328,12 @@ class Ledger:
         rec = self._records.get(temp_id)
         if rec is not None:
             return self._delivered(rec, receiver, temp_id, msg_id)
-        old = self._find_retired(temp_id)
+        self._extra_copy(receiver, temp_id, self._find_retired(temp_id))
+        return None
+
+    def _extra_copy(self, receiver: int, temp_id: str, old: tuple[int, frozenset[int], _Rec | None] | None) -> None:
+        """A live copy of a message not in flight (``old``: what the retired memory holds of
+        it, if anything): a duplicate or unexpected, never a delivery."""
         if old is not None:
             sender, members, whole = old
             if whole is not None:
@@ -341,8 +347,6 @@ class Ledger:
             self._duplicates += 1
         else:
             self._unexpected += 1
-        return None
-
 
     def _delivered(self, rec: list[Any], receiver: int, temp_id: str, msg_id: Any) -> float | None:
         """A live copy of an in-flight message reached ``receiver`` (not its sender): its
@@ -360,6 +364,7 @@ class Ledger:
             return rec[_T]  # type: ignore[no-any-return]
         self._classify_extra(rec, receiver)
         return None
+
     def on_backfill(self, receiver: int, temp_id: str, msg_id: Any) -> bool:
         """A REST backfill returned ``temp_id`` to ``receiver``; True if it filled a gap.
 

@@ -182,7 +182,6 @@ chaos = "pause@1s,resume@1.5s"
 """
 
 
-@pytest.mark.timeout(90)
 def _two_steps(tmp_path: Path, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sweep ``text`` (variant py, two steps); both steps' summaries, once both are done."""
     path = tmp_path / "sweep.toml"
@@ -194,6 +193,7 @@ def _two_steps(tmp_path: Path, text: str) -> tuple[dict[str, Any], dict[str, Any
     return first, second
 
 
+@pytest.mark.timeout(90)
 def test_sweep_chaos_per_variant_and_step_and_the_server_is_back_for_the_next_step(tmp_path: Path) -> None:
     first, second = _two_steps(tmp_path, CHAOS)
     assert [a["action"] for a in first["metadata"]["chaos"]] == ["kill"]  # the variant's

@@ -127,7 +127,7 @@ class Acks:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, str | None]] = []
 
-    def __call__(self, payload: Any, error: str | None) -> None:
+    def __call__(self, _: Any, payload: Any, error: str | None) -> None:
         self.calls.append((payload, error))
 
 

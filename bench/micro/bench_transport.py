@@ -52,7 +52,7 @@ class _Loop:
     def start(self) -> None:
         self.transport.connect()
         joined = gevent.event.Event()
-        self.transport.emit(DEFAULT_PROFILE.event("join"), {"room": self.room}, lambda p, e: joined.set())
+        self.transport.emit(DEFAULT_PROFILE.event("join"), {"room": self.room}, lambda *_: joined.set())
         joined.wait(10)
         self.running = True
         self._send()
@@ -63,7 +63,7 @@ class _Loop:
                 "temp_id": f"{self.index}-{self.seq}"}
         self.in_flight = self.transport.emit(DEFAULT_PROFILE.event("send_message"), data, self._on_ack)
 
-    def _on_ack(self, payload: Any, error: str | None) -> None:
+    def _on_ack(self, _: Any, payload: Any, error: str | None) -> None:
         self.in_flight = False
         if error is None:
             self.stats["acks"] += 1

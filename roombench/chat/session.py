@@ -217,9 +217,8 @@ class ChatSession:
         """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""
         gen, rooms = self.gen, self.rooms
         for _ in range(self._window - len(self.unconfirmed)):
-            if gen.stopping or not self.transport.connected:
+            if gen.stopping or not self.send(rooms[self._k % len(rooms)], now(), self._k):
                 return
-            self.send(rooms[self._k % len(rooms)], now(), self._k)
             self._k += 1
 
     def close(self) -> None:
@@ -245,12 +244,14 @@ class ChatSession:
 
     # -- sending ---------------------------------------------------------------------
 
-    def send(self, room: str, intended: float, k: int) -> None:
-        """Send one message due at ``intended`` (plus typing / read receipt by schedule)."""
+    def send(self, room: str, intended: float, k: int) -> bool:
+        """Send one message due at ``intended`` (plus typing / read receipt by schedule);
+        False when it could not go out (not connected, or the connection died under it)."""
         gen = self.gen
         if not self.transport.connected:
-            gen.counters["sends_skipped_offline"] += 1
-            return
+            if not self._window:  # closed loop: nothing was due, so nothing was skipped
+                gen.counters["sends_skipped_offline"] += 1
+            return False
         sc = gen.scenario
         if sc.typing_every and k % sc.typing_every == 0:
             if self.server_id is not None:  # else no receiver could tell it is ours
@@ -262,7 +263,7 @@ class ChatSession:
         data = {n.f_ch: room, n.f_content: self.content, n.f_temp: temp_id}
         if self._callback:
             self.unconfirmed[temp_id] = 0.0
-            sent = self.transport.emit(n.ev_send, data, functools.partial(self._on_ack, temp_id))
+            sent = self.transport.emit(n.ev_send, data, self._on_ack, temp_id)
         else:
             self.unconfirmed[temp_id] = intended + sc.ack_timeout
             sent = self.transport.emit(n.ev_send, data)
@@ -401,7 +402,8 @@ class ChatSession:
             return
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
-            self.gen.ledger.on_own_copy(temp_id)  # opaque ids: ranks it in the sender's order
+            if self.gen.profile.opaque_ids:  # ranks it in the sender's order (int ids: nothing to do)
+                self.gen.ledger.on_own_copy(temp_id)
             return
         del self.unconfirmed[temp_id]
         t0 = self.gen.ledger.on_acked(temp_id, msg_id)
@@ -450,10 +452,10 @@ class ChatSession:
         epoch = self.epoch
         for room in self.rooms:
             if self.gen.profile.join_ack:
-                self.transport.emit(join, {f_room: room}, functools.partial(self._on_join_ack, room, epoch=epoch))
+                self.transport.emit(join, {f_room: room}, self._on_join_ack, (room, epoch))
             else:
                 self.transport.emit(join, {f_room: room})
-                self._on_join_ack(room, None, None, epoch)
+                self._on_join_ack((room, epoch), None, None)
 
     def _count_recovery(self, t: float) -> bool:
         """Count this reconnect's recovery outcome; True when the server recovered the session."""
@@ -487,7 +489,8 @@ class ChatSession:
         if self.server_id != self.user_id:
             self.server_id = None
 
-    def _on_join_ack(self, room: str, payload: Any, error: str | None, epoch: int) -> None:
+    def _on_join_ack(self, room_epoch: tuple[str, int], payload: Any, error: str | None) -> None:
+        room, epoch = room_epoch
         if epoch != self.epoch:
             return
         if error is not None:

@@ -85,7 +85,7 @@ class CheckClient:
     def request(self, event: str, data: Any, timeout: float) -> tuple[Any, str | None]:
         """Emit with an ack and wait for it: (payload, None) or (None, "timeout"/"disconnected"/...)."""
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
-        if not self.transport.emit(event, data, lambda p, e: result.set((p, e))):
+        if not self.transport.emit(event, data, lambda _, p, e: result.set((p, e))):
             return None, "not connected"
         try:
             return result.get(timeout=timeout + 0.5)

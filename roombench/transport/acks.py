@@ -25,8 +25,12 @@ _now = time.monotonic
 _TIMED_OUT_MAX = 65536
 
 
+#: a pending ack: (callback, deadline, the arg it is called with)
+Entry = tuple[AckCallback, float, Any]
+
+
 class AckTable:
-    """Pending acks, id -> (callback, deadline); every callback is called exactly once.
+    """Pending acks, id -> :data:`Entry`; every callback is called exactly once.
 
     ``on_error(kind, detail)`` hears about a callback that raised while being failed
     (timeout or disconnect), so one buggy callback cannot keep the others from running.
@@ -37,7 +41,7 @@ class AckTable:
     __slots__ = ("pending", "next_id", "timeout", "on_error", "timed_out")
 
     def __init__(self, timeout: float, on_error: Callable[[str, str], None]) -> None:
-        self.pending: dict[int, tuple[AckCallback, float]] = {}
+        self.pending: dict[int, Entry] = {}
         self.next_id = 0
         self.timeout = timeout
         self.on_error = on_error
@@ -45,11 +49,11 @@ class AckTable:
         # other answer that resolves nothing is "unknown". Bounded: oldest forgotten first.
         self.timed_out: dict[int, None] | None = None  # created by the first timeout (memory per idle connection)
 
-    def add(self, callback: AckCallback) -> int:
-        """Register ``callback`` under a new ack id; its deadline is now + timeout."""
+    def add(self, callback: AckCallback, arg: Any = None) -> int:
+        """Register ``callback`` (called with ``arg``) under a new ack id; its deadline is now + timeout."""
         aid = self.next_id
         self.next_id = aid + 1
-        self.pending[aid] = (callback, _now() + self.timeout)
+        self.pending[aid] = (callback, _now() + self.timeout, arg)
         return aid
 
     def resolve(self, aid: int, payload: Any) -> bool:
@@ -62,38 +66,38 @@ class AckTable:
         if entry is None:
             return False
         if entry[1] < _now():
-            self._time_out(aid, entry[0])
+            self._time_out(aid, entry)
             return False
-        entry[0](payload, None)
+        entry[0](entry[2], payload, None)
         return True
 
     def answer(self, aid: int, payload: Any) -> None:
         """:meth:`resolve`, and an answer that resolved nothing reported (see :meth:`miss`)."""
         entry = self.pending.pop(aid, None)
         if entry is not None and entry[1] >= _now():
-            entry[0](payload, None)
+            entry[0](entry[2], payload, None)
         else:
             self.miss(aid, entry)
 
-    def miss(self, aid: int, entry: tuple[AckCallback, float] | None) -> None:
+    def miss(self, aid: int, entry: Entry | None) -> None:
         """An answer to ``aid`` that resolved nothing; ``entry`` is what ``pending.pop``
         gave (the transports' inlined resolve hands it over). One counted error:
         ``late_ack`` when the ack was issued and timed out, else ``unknown_ack``."""
         if entry is not None:  # past its deadline, not swept yet: it times out now
-            self._time_out(aid, entry[0])
+            self._time_out(aid, entry)
         if self.timed_out is not None and self.timed_out.pop(aid, 0) is None:
             self.on_error("late_ack", f"ack {aid} arrived after its timeout")
         else:
             self.on_error("unknown_ack", f"ack {aid} answers no pending message (never issued, or answered already)")
 
-    def _time_out(self, aid: int, callback: AckCallback) -> None:
+    def _time_out(self, aid: int, entry: Entry) -> None:
         timed_out = self.timed_out
         if timed_out is None:
             timed_out = self.timed_out = {}
         timed_out[aid] = None
         if len(timed_out) > _TIMED_OUT_MAX:
             del timed_out[next(iter(timed_out))]
-        self.fail(callback, "timeout")
+        self.fail(entry, "timeout")
 
     def expire(self, now: float) -> None:
         """Fail every ack whose deadline has passed with "timeout"."""
@@ -103,18 +107,18 @@ class AckTable:
             aid = next(iter(pending))
             if pending[aid][1] > now:
                 return
-            self._time_out(aid, pending.pop(aid)[0])
+            self._time_out(aid, pending.pop(aid))
 
     def fail_all(self, error: str) -> None:
         """Fail every pending ack with ``error``."""
         pending, self.pending = self.pending, {}
-        for callback, _ in pending.values():
-            self.fail(callback, error)
+        for entry in pending.values():
+            self.fail(entry, error)
 
-    def fail(self, callback: AckCallback, error: str) -> None:
-        """Call ``callback`` with ``error``; a raising callback is reported, not raised."""
+    def fail(self, entry: Entry, error: str) -> None:
+        """Call ``entry``'s callback with ``error``; a raising callback is reported, not raised."""
         try:
-            callback(None, error)
+            entry[0](entry[2], None, error)
         except Exception as exc:  # noqa: BLE001 - report it, then fail the next one
             self.on_error("handler_error", f"ack callback ({error}): {type(exc).__name__}: {exc}")
 

@@ -20,9 +20,12 @@ from typing import Any, Protocol
 
 from roombench.wire.profile import Profile
 
-#: called with (payload, error): payload is the ack's first argument (None if it had
-#: none); error is None on success, else "timeout" or "disconnected".
-AckCallback = Callable[[Any, str | None], None]
+#: called as ``ack(arg, payload, error)``: ``arg`` is what :meth:`Transport.emit` was given
+#: with it, so one bound method serves every message (a ``functools.partial`` per send is
+#: an object made and a call through C: ~1,000 instructions per ack, callgrind); payload is
+#: the ack's first argument (None if it had none); error is None on success, else
+#: "timeout" or "disconnected".
+AckCallback = Callable[[Any, Any, str | None], None]
 
 
 class Handlers(Protocol):
@@ -98,7 +101,7 @@ class Transport(ABC):
 
     # slots down the hierarchy: an instance dict costs every idle user ~0.2 KB
     __slots__ = ("url", "profile", "handlers", "token", "auth_extra", "reconnect", "ack_timeout",
-                 "connect_timeout", "recover", "recovery", "replaying")
+                 "connect_timeout", "recover", "recovery", "replaying", "connected")
 
     def __init__(
         self,
@@ -127,11 +130,10 @@ class Transport(ABC):
         #: True while the events reaching on_event are the server's replay of missed packets
         #: (between our recovery CONNECT and the server's reply)
         self.replaying = False
-
-    @property
-    @abstractmethod
-    def connected(self) -> bool:
-        """True while the Socket.IO session is established."""
+        #: True while the session is established (emit() works). Kept by the transport, read
+        #: by everyone else: a plain attribute, because the session reads it on every send and
+        #: a property costs a call through C (~800 instructions per read, callgrind)
+        self.connected = False
 
     @abstractmethod
     def connect(self) -> None:
@@ -142,12 +144,12 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
+    def emit(self, event: str, data: Any, ack: AckCallback | None = None, arg: Any = None) -> bool:
         """Send an event; False (and nothing sent) when not connected.
 
-        With ``ack`` the packet carries an ack id; ``ack`` is called exactly once: with
-        the server's answer, or with error "timeout" after ``ack_timeout`` or
-        "disconnected" when the connection is lost first.
+        With ``ack`` the packet carries an ack id; ``ack(arg, payload, error)`` is called
+        exactly once: with the server's answer, or with error "timeout" after
+        ``ack_timeout`` or "disconnected" when the connection is lost first.
         """
 
     @abstractmethod

@@ -45,15 +45,9 @@ class CompatTransport(Transport):
         self._known = self.profile.wire_events
         self._sio: socketio.Client | None = None
         self._connect_args: dict[str, Any] = {}
-        self._connected = False
         self._ever_connected = False
         self._refused: str | None = None
         self._closing = threading.Event()  # gevent's Event when monkey-patched
-
-    @property
-    def connected(self) -> bool:
-        """True while the Socket.IO session is established."""
-        return self._connected
 
     def connect(self) -> None:
         """Connect (blocking); raises ConnectFailed. See Transport.connect."""
@@ -82,12 +76,12 @@ class CompatTransport(Transport):
             SWEEPER.discard(self)
             raise self._why_not(ep, exc) from None
 
-    def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
+    def emit(self, event: str, data: Any, ack: AckCallback | None = None, arg: Any = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""
         sio = self._sio
-        if sio is None or not self._connected:
+        if sio is None or not self.connected:
             return False
-        aid = None if ack is None else self._acks.add(ack)
+        aid = None if ack is None else self._acks.add(ack, arg)
         try:
             callback = None if aid is None else partial(self._on_ack, aid)
             sio.emit(event, data, namespace=self._ns, callback=callback)
@@ -114,7 +108,7 @@ class CompatTransport(Transport):
         if self._closing.is_set():
             return
         self._closing.set()
-        self._connected = False
+        self.connected = False
         sio, self._sio = self._sio, None
         if sio is not None:
             sio.shutdown()  # joins a running reconnect task, which may have just succeeded
@@ -156,7 +150,7 @@ class CompatTransport(Transport):
     def _on_connect(self) -> None:
         if self._closing.is_set():  # a reconnect that raced close(); close() disconnects it
             return
-        self._connected = True
+        self.connected = True
         again, self._ever_connected = self._ever_connected, True
         self._call("on_connect", again)
 
@@ -170,9 +164,9 @@ class CompatTransport(Transport):
             self._report("connect_error", message if isinstance(data, dict) else f"reconnect failed: {message}")
 
     def _on_disconnect(self, reason: Any = None) -> None:
-        if not self._connected:
+        if not self.connected:
             return
-        self._connected = False
+        self.connected = False
         self._acks.fail_all("disconnected")
         if self._closing.is_set():
             return

@@ -64,7 +64,7 @@ class FramedTransport(Transport):
         self._acks = AckTable(self.ack_timeout, self._report)
         self._endpoint: Endpoint | None = None  # only while (re)connecting
         self._conn: Conn | None = None  # current connection, live or being established
-        self._live: Conn | None = None  # the connection while the session is up
+        self._live: Conn | None = None  # the connection while the session is up (then connected is True)
         #: the greenlet that owns the connection: a TLS reader, or the one reconnecting after a loss
         self._runner: gevent.Greenlet | None = None
         self._closing = False
@@ -87,7 +87,7 @@ class FramedTransport(Transport):
     def _session_up(self, conn: Conn, sid: str) -> None:
         """The session on ``conn`` is established: emit() works, on_connect is called."""
         conn.sid = sid
-        self._live = conn
+        self._live, self.connected = conn, True
         again, self._ever_connected = self._ever_connected, True
         self.handlers.on_connect(again)
 
@@ -97,11 +97,6 @@ class FramedTransport(Transport):
         self._abort(conn, f"server refused the connection: {message}")
 
     # ------------------------------------------------------------------ Transport
-
-    @property
-    def connected(self) -> bool:
-        """True while the session is established."""
-        return self._live is not None
 
     def connect(self) -> None:
         """Connect (blocking cooperatively); raises ConnectFailed. See Transport.connect."""
@@ -132,7 +127,7 @@ class FramedTransport(Transport):
         self._closing = True
         conn, live, runner = self._conn, self._live, self._runner
         polled = live is not None and live.watched
-        self._live = None
+        self._live, self.connected = None, False
         self._runner = None
         if live is not None:
             self._say_goodbye(live)
@@ -202,7 +197,7 @@ class FramedTransport(Transport):
         conn.lost = True
         conn.unwatch()
         if self._live is conn:
-            self._live = None
+            self._live, self.connected = None, False
         if conn.ended is not None:
             conn.ended.set()
         self._runner = gevent.spawn(self._after_loss, conn, reason)
@@ -236,7 +231,7 @@ class FramedTransport(Transport):
 
     def _lost(self, conn: Conn, reason: str) -> None:
         was_live = conn.sid is not None
-        self._live = None
+        self._live, self.connected = None, False
         conn.sock.close()
         self._acks.fail_all("disconnected")
         if was_live and not self._closing:
@@ -383,7 +378,7 @@ class FramedTransport(Transport):
     def _abort(self, conn: Conn, reason: str) -> None:
         """Reset the connection; emit() returns False from now on, the loss is reported."""
         if self._live is conn:
-            self._live = None
+            self._live, self.connected = None, False
         polled = conn.watched
         conn.abort(reason)
         if polled:  # the poller never sees a closed descriptor: report the loss here

@@ -74,7 +74,7 @@ class PlainWsTransport(FramedTransport):
         super().__init__(*args, **kwargs)
         self._known = self.profile.wire_events
 
-    def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
+    def emit(self, event: str, data: Any, ack: AckCallback | None = None, arg: Any = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""
         conn = self._live
         if conn is None:
@@ -84,7 +84,7 @@ class PlainWsTransport(FramedTransport):
         acks = self._acks  # AckTable.add, inlined: this is the hot path
         aid = acks.next_id
         acks.next_id = aid + 1
-        acks.pending[aid] = (ack, _now() + self.ack_timeout)
+        acks.pending[aid] = (ack, _now() + self.ack_timeout, arg)
         if self._send_frame(conn, conn.writer.text(_dumps({"event": event, "data": data, "ack": aid}))):
             return True
         acks.pending.pop(aid, None)
@@ -109,7 +109,7 @@ class PlainWsTransport(FramedTransport):
                 elif type(aid) is int:
                     entry = self._acks.pending.pop(aid, None)
                     if entry is not None and entry[1] >= _now():  # AckTable.answer, inlined
-                        entry[0](msg.get("data"), None)
+                        entry[0](entry[2], msg.get("data"), None)
                     else:
                         self._acks.miss(aid, entry)  # late or unknown, counted once
                     return

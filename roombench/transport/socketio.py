@@ -83,7 +83,7 @@ class LeanTransport(FramedTransport):
         self._replayed = 0  # events received between our recovery CONNECT and its reply
         self._down_until = 0.0  # drop_for: no reconnect before this monotonic time
 
-    def emit(self, event: str, data: Any, ack: AckCallback | None = None) -> bool:
+    def emit(self, event: str, data: Any, ack: AckCallback | None = None, arg: Any = None) -> bool:
         """Send an event; see Transport.emit. False (ack never called) when not connected."""
         conn = self._live
         if conn is None:
@@ -96,7 +96,7 @@ class LeanTransport(FramedTransport):
         acks = self._acks  # AckTable.add, inlined: this is the hot path
         aid = acks.next_id
         acks.next_id = aid + 1
-        acks.pending[aid] = (ack, _now() + self.ack_timeout)
+        acks.pending[aid] = (ack, _now() + self.ack_timeout, arg)
         if self._send_frame(conn, conn.writer.text(b"%b%d%b" % (self._p42, aid, args))):
             return True
         acks.pending.pop(aid, None)
@@ -167,7 +167,7 @@ class LeanTransport(FramedTransport):
                         aid = int(digits)
                         entry = self._acks.pending.pop(aid, None)
                         if entry is not None and entry[1] >= _now():  # AckTable.answer, inlined
-                            entry[0](args[0] if args else None, None)
+                            entry[0](entry[2], args[0] if args else None, None)
                         else:
                             self._acks.miss(aid, entry)  # late or unknown, counted once
                         return

@@ -106,3 +106,30 @@ def test_ack_table_late_vs_unknown() -> None:
     table.answer(aid, None)
     table.answer(99, None)
     assert errors == ["late_ack", "unknown_ack", "unknown_ack"] and a.calls == [(None, "timeout")]
+
+
+@pytest.mark.parametrize("kind, answer", [("ws", b'{"ack":0,"data":{"ok":1}}'), ("lean", _sio_ack(b"0", b'[{"ok":1}]'))])
+def test_each_callback_gets_the_arg_it_was_emitted_with(make: Any, scripted: Any, kind: str, answer: bytes) -> None:
+    # one bound method serves every message (no partial per send): the arg tells them apart,
+    # on an answer, on a timeout and when the connection goes
+    calls: list[tuple[Any, Any, str | None]] = []
+
+    def script(peer: ScriptedPeer, n: int) -> None:
+        if kind == "ws":
+            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
+        else:
+            peer.accept()
+        for _ in range(2):
+            peer.recv()
+        peer.send(answer)
+        peer.hold()
+
+    transport, _ = make(scripted(script), kind=kind, ack_timeout=0.3)
+    transport.connect()
+    record = lambda arg, payload, error: calls.append((arg, payload, error))  # noqa: E731
+    for arg in ("m0", ("m1", 1)):
+        assert transport.emit(SEND, {"room": "r", "content": "x"}, record, arg)
+    assert wait_until(lambda: len(calls) == 2, timeout=5)  # m0 answered, m1 timed out
+    assert transport.emit(SEND, {"room": "r", "content": "x"}, record, 7)
+    transport.close()
+    assert calls == [("m0", {"ok": 1}, None), (("m1", 1), None, "timeout"), (7, None, "disconnected")]

@@ -131,6 +131,9 @@ _BACKFILLED = 8  # receivers that got it over REST, lazily a set (rare)
 _MARK = 9  # opaque ids only, its order mark (chat.order); int records stay 9 long (on_sent is hot)
 _Rec = list[Any]  # [room, intended_t, members, sender, pending, prev_id, settled, msg_id, backfilled(, mark)]
 _SENDER_BITS = 40  # a retired code: member set index << _SENDER_BITS | sender
+#: the pending receivers of a message nobody else is to receive (never modified: every
+#: ``remove`` is behind a membership test)
+_NOBODY: frozenset[int] = frozenset()
 
 
 class _Retired:
@@ -218,8 +221,11 @@ class Ledger:
         ``intended_t`` is the scheduled send time (the latency origin), returned later by
         :meth:`on_acked` and :meth:`on_live`.
         """
-        pending = set(members)
-        pending.discard(sender)
+        if len(members) == 1 and sender in members:  # a room of one: no set of its own
+            pending = _NOBODY
+        else:
+            pending = set(members)
+            pending.discard(sender)
         rec = [room, intended_t, members, sender, pending, self._hwm.get(room, self._start), False, None, None]
         if self._opaque:
             rec.append(new_mark())
@@ -273,7 +279,6 @@ class Ledger:
         if rec is None:
             return False
         self._expected -= len(rec[_PENDING])
-        rec[_PENDING].clear()
         if not rec[_SETTLED]:
             rec[_SETTLED] = True
             self._voided += 1

@@ -90,14 +90,16 @@ class LeanTransport(FramedTransport):
             return False
         # the args array built as bytes around the event name's JSON, encoded once per process
         head = _EVENT_HEAD.get(event) or _event_head(event)
-        args = head + b"]" if data is None else b"%b,%b]" % (head, _dumps(data))
         if ack is None:
+            args = head + b"]" if data is None else b"%b,%b]" % (head, _dumps(data))
             return self._send_frame(conn, conn.writer.text(self._p42 + args))
         acks = self._acks  # AckTable.add, inlined: this is the hot path
         aid = acks.next_id
         acks.next_id = aid + 1
         acks.pending[aid] = (ack, _now() + self.ack_timeout, arg)
-        if self._send_frame(conn, conn.writer.text(b"%b%d%b" % (self._p42, aid, args))):
+        packet = (b"%b%d%b]" % (self._p42, aid, head) if data is None
+                  else b"%b%d%b,%b]" % (self._p42, aid, head, _dumps(data)))  # one formatting: one copy
+        if self._send_frame(conn, conn.writer.text(packet)):
             return True
         acks.pending.pop(aid, None)
         return False

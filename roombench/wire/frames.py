@@ -101,7 +101,7 @@ class FrameWriter:
         uniform = self.key[0] == self.key[1] == self.key[2] == self.key[3]
         self._table = _xor_table(self.key[0]) if uniform else None
         self._plain = self.key == ZERO_KEY  # XOR with 0: the payload goes as it is
-        # the header of every short text frame, ready-made: no packing on the hot path
+        # the header of every text frame shorter than _READY, ready-made: no packing on the hot path
         self._short = _short_headers(self.key)
 
     def text(self, payload: bytes) -> bytes:
@@ -111,7 +111,7 @@ class FrameWriter:
             return encode_frame(OP_TEXT, payload, self.key)
         n = len(payload)
         body = payload if self._plain else payload.translate(table)
-        if n < 126:
+        if n < _READY:
             return self._short[n] + body
         if n < 65536:
             return _H_MEDIUM.pack(0x81, 0xFE, n, self.key) + body
@@ -140,9 +140,15 @@ def shared_writer() -> FrameWriter:
     return FrameWriter(ZERO_KEY)
 
 
-@functools.lru_cache(maxsize=256)  # uniform keys: at most 255 tables per process
+#: text frames shorter than this get a ready-made header (a chat message with its ack id
+#: is ~140 bytes: past the 125 of a one-byte length, so the 2-byte lengths are made too)
+_READY = 2048
+
+
+@functools.lru_cache(maxsize=16)  # one key per writer; the process writer uses one
 def _short_headers(key: bytes) -> tuple[bytes, ...]:
-    return tuple(_H_SHORT.pack(0x81, 0x80 | n, key) for n in range(126))
+    return (tuple(_H_SHORT.pack(0x81, 0x80 | n, key) for n in range(126))
+            + tuple(_H_MEDIUM.pack(0x81, 0xFE, n, key) for n in range(126, _READY)))
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

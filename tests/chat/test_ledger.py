@@ -215,6 +215,19 @@ def test_void_withdraws_a_send_the_server_never_had() -> None:
     assert ledger.in_flight() == 1
 
 
+def test_a_room_of_one_expects_nobody_and_a_lone_other_member_is_still_expected() -> None:
+    # a room of one shares one empty pending set: voiding or acking it must not touch it
+    ledger = Ledger("p-")
+    alone, other = send(ledger, sender=1, members=frozenset({1})), send(ledger, sender=1, members=frozenset({2}))
+    assert ledger.void(alone) is True
+    lone = send(ledger, sender=1, members=frozenset({1}))
+    assert ledger.on_acked(lone, 7) == 100.0 and ledger.in_flight() == 1  # retired at once: nobody pending
+    assert ledger.on_live(2, other, 8) == 100.0  # the sender not among the members: 2 is still expected
+    c = ledger.counts()
+    assert (c.sent, c.voided, c.expected, c.delivered_live, c.unexpected, c.lost) == (3, 1, 1, 1, 0, 0)
+    assert ledger.on_copy(1, send(ledger, sender=1, members=frozenset({1})), 9) is OWN
+
+
 def test_retirement_keeps_memory_bounded() -> None:
     ledger = Ledger("p-")
     members = frozenset(range(1, 6))

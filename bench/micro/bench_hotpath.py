@@ -10,12 +10,20 @@ those too, on a real server); it moves only when the hot path's code does, which
 the quick A/B for a hot-path change before the slower, noisier end-to-end one.
 
     python -m bench.micro.bench_hotpath [--n 100000] [--repeats 5] [--sessions 1,50,1000]
+    python -m bench.micro.bench_hotpath --instructions [--sessions 1]
 
 Prints ns per ack (best of the repeats) and, for scale, a bare loop of the same frames
 through orjson (what python-raw does per ack). ``--sessions 1,50,1000`` serves that many
 sessions round-robin, as the poller does its connections: the cost per ack grows with them
 (each ack touches a dozen objects of its session, which stop fitting in the CPU's caches).
 Not a test; bounded to a few seconds per session count.
+
+``--instructions`` counts instead of timing: the loop runs under valgrind's callgrind
+twice (3,000 and 6,000 acks after the same set-up) and the difference is the instructions
+per ack, the same figure in every run whatever else the machine does (hash seed, ledger
+prefix and BLAS threads fixed), so a hot-path change of 1 % shows, where timings on this
+shared machine move 5-20 % from run to run. It counts instructions, not cache misses:
+the cost of many sessions' cold objects is the timed ``--sessions`` figure's to show.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from typing import Any  # noqa: E402
 
 import orjson  # noqa: E402
@@ -49,6 +63,10 @@ class _Sink:
     def send(self, frame: bytes) -> int:
         self.sent += 1
         return len(frame)
+
+
+#: --instructions: acks in the shorter and the longer of the two counted runs
+_COUNT_RUNS = (3000, 6000)
 
 
 def _generator() -> Any:
@@ -89,10 +107,13 @@ def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def bench_session(n: int, sessions: int = 1) -> float:
+def bench_session(n: int, sessions: int = 1, run: int | None = None) -> float:
     """ns per ack through ``sessions`` sessions of one generator served round-robin, as the
-    poller serves its connections (echo, then ack, then the next send; ``n`` acks in all)."""
+    poller serves its connections (echo, then ack, then the next send; ``n`` acks in all,
+    or only the first ``run`` of them after the same set-up)."""
     gen, keep = _generator(), []
+    if run is not None:  # counted under callgrind: the same temp_ids (and hashes) every run
+        gen.ledger.prefix = "5f3a9c1e-"
     made = [_session(gen, keep) for _ in range(sessions)]
     per = max(1, n // sessions)
     # one message at a time from each session in turn: [(on_text, conn, echo, ack), ...]; the
@@ -102,6 +123,8 @@ def bench_session(n: int, sessions: int = 1) -> float:
     script = [(s.transport._on_text, conn, bytearray(echo), bytearray(ack))
               for steps in zip(*(_frames(s, per, 1) for s, _, _ in made))
               for (s, conn, _), (echo, ack) in zip(made, steps)]
+    if run is not None:
+        script = script[:run]
     t0 = time.perf_counter_ns()
     for on_text, conn, echo, ack in script:
         on_text(conn, echo)
@@ -131,17 +154,52 @@ def bench_bare(n: int) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
+def _instructions(valgrind: str, sessions: int, run: int) -> int:
+    """Instructions callgrind counts for the whole process running ``run`` of 6,000 acks."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+           "bench.micro.bench_hotpath", "--_count", f"{sessions},{run}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    found = re.search(r"refs:\s+([\d,]+)", done.stderr)
+    if done.returncode or found is None:
+        raise SystemExit(f"bench_hotpath: callgrind run failed (exit {done.returncode}): "
+                         f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def count_instructions(sessions: int) -> float:
+    """Instructions per ack: the difference of two callgrind runs with the same set-up."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("bench_hotpath: --instructions needs valgrind (apt-get install valgrind)")
+    short, long = _COUNT_RUNS
+    with ThreadPoolExecutor(2) as pool:  # the two runs side by side: counts do not depend on load
+        few, many = pool.map(lambda run: _instructions(valgrind, sessions, run), (short, long))
+    return (many - few) / (long - short)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="acks per measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sessions", default="1", help="comma-separated session counts, served round-robin")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per ack under callgrind instead of timing (repeatable)")
+    p.add_argument("--_count", help=argparse.SUPPRESS)  # one callgrind run: "sessions,acks"
     a = p.parse_args()
+    if a._count:
+        sessions, run = (int(x) for x in a._count.split(","))
+        bench_session(_COUNT_RUNS[-1], sessions, run)
+        return
     n = max(1000, min(a.n, MAX_N))
     try:
         counts = [max(1, min(int(x), MAX_SESSIONS)) for x in a.sessions.split(",") if x.strip()]
     except ValueError:
         p.error(f"--sessions takes comma-separated integers, got {a.sessions!r}")
+    if a.instructions:
+        for k in counts:
+            print(f"session (lean, ledger, HDR), {k:5d} session(s): {count_instructions(k):7.0f} instructions per ack")
+        return
     bare = min(bench_bare(n) for _ in range(max(1, a.repeats)))
     for k in counts:
         session = min(bench_session(n, k) for _ in range(max(1, a.repeats)))

@@ -244,10 +244,15 @@ class Ledger:
             return None
         rec[_SETTLED] = True
         self._acked += 1
-        if msg_id is not None:
-            self._note_id(rec, msg_id)
-        if self._opaque and heard:
-            self._order.heard(rec[_MARK])
+        if self._opaque:
+            if msg_id is not None:
+                self._note_id(rec, msg_id)
+            if heard:
+                self._order.heard(rec[_MARK])
+        elif msg_id is not None:  # _note_id for int ids, inlined: once per ack
+            rec[_MSG_ID] = msg_id
+            if type(msg_id) is int and msg_id > self._hwm.get(rec[_ROOM], self._start)[0]:
+                self._hwm[rec[_ROOM]] = (msg_id, msg_id)
         if not rec[_PENDING]:
             self._retire(temp_id, rec)
         return rec[_T]
@@ -519,7 +524,12 @@ class Ledger:
         del self._records[temp_id]
         rec[_PENDING] = None  # free the empty set; retired records only classify stragglers
         retired = self._retired
-        retired.add(temp_id, rec)
-        if len(retired.codes) >= self._retired_window:
+        codes = retired.codes
+        i = None if rec[_BACKFILLED] else retired.index.get(rec[_MEMBERS])
+        if i is None:
+            retired.add(temp_id, rec)
+        else:  # _Retired.add's common case, inlined: once per message
+            codes[temp_id] = i << _SENDER_BITS | rec[_SENDER]
+        if len(codes) >= self._retired_window:
             self._retired_old = retired
             self._retired = _Retired()

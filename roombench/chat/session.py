@@ -215,8 +215,8 @@ class ChatSession:
 
     def _fill(self) -> None:
         """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""
-        gen, rooms = self.gen, self.rooms
-        for _ in range(self._window - len(self.unconfirmed)):
+        gen, rooms, unconfirmed = self.gen, self.rooms, self.unconfirmed
+        while len(unconfirmed) < self._window:
             if gen.stopping or not self.send(rooms[self._k % len(rooms)], now(), self._k):
                 return
             self._k += 1

@@ -133,3 +133,36 @@ def test_each_callback_gets_the_arg_it_was_emitted_with(make: Any, scripted: Any
     assert transport.emit(SEND, {"room": "r", "content": "x"}, record, 7)
     transport.close()
     assert calls == [("m0", {"ok": 1}, None), (("m1", 1), None, "timeout"), (7, None, "disconnected")]
+
+
+@pytest.mark.parametrize("kind", ["ws", "lean"])
+def test_big_frames_of_concurrent_greenlets_arrive_whole(make: Any, scripted: Any, kind: str) -> None:
+    # frames bigger than the socket buffers, from two greenlets: a send that has to wait for
+    # buffer space holds the other greenlet's frames back (they never interleave)
+    size, per = 4_000_000, 2
+    got: list[bytes] = []
+
+    def script(peer: ScriptedPeer, n: int) -> None:
+        if kind == "ws":
+            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
+        else:
+            peer.accept()
+        gevent.sleep(0.3)  # let the client's buffers fill first
+        for _ in range(2 * per):
+            got.append(peer.recv())
+        peer.hold()
+
+    transport, rec = make(scripted(script), kind=kind)
+    transport.connect()
+
+    def sender(who: str) -> None:
+        for i in range(per):
+            assert transport.emit(SEND, {"who": who, "i": i, "content": who * size})
+
+    gevent.joinall([gevent.spawn(sender, "a"), gevent.spawn(sender, "b")], timeout=20, raise_error=True)
+    assert wait_until(lambda: len(got) == 2 * per, timeout=20)
+    bodies = [orjson.loads(m) if kind == "ws" else orjson.loads(m[2:])[1] for m in got]
+    if kind == "ws":
+        bodies = [b["data"] for b in bodies]
+    assert sorted((b["who"], b["i"]) for b in bodies) == sorted((w, i) for w in "ab" for i in range(per))
+    assert all(b["content"] == b["who"] * size for b in bodies) and not rec.errors

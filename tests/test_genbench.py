@@ -88,3 +88,31 @@ def test_profile_covers_the_equal_load_suite_for_python_generators_only() -> Non
                 if suite.startswith("profile")]
     # one extra round at the first offered rate, apart from the measured ones; yardsticks are not profiled
     assert profiled == [("profile-equal", "roombench-lean", "rate", 5000)]
+
+
+def test_pin_puts_every_thread_of_a_process_tree_on_one_cpu() -> None:
+    import pytest
+
+    from bench.generators.harness import pin_tree
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    cpu = max(os.sched_getaffinity(0))
+    # a child with a second thread, and a grandchild: all of them end up on the one CPU
+    code = ("import subprocess, sys, threading, time; threading.Thread(target=time.sleep, args=(30,), daemon=True).start();"
+            "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); print(g.pid, flush=True);"
+            "time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())  # type: ignore[union-attr]
+        tids = [(pid, int(t)) for pid in (child.pid, grandchild) for t in os.listdir(f"/proc/{pid}/task")]
+        assert len(tids) >= 3
+        pin_tree(child.pid, cpu)
+        assert all(os.sched_getaffinity(tid) == {cpu} for _, tid in tids)
+    finally:
+        import psutil
+
+        for p in psutil.Process(child.pid).children(recursive=True):
+            p.kill()
+        child.kill()
+        child.wait()

@@ -143,10 +143,42 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = None) -> dict[str, Any]:
+#: --pin: the CPU of the server and the one of the generator
+SERVER_CPU, GENERATOR_CPU = 1, 0
+
+
+def can_pin(job: Job) -> bool:
+    """Whether ``--pin`` applies to ``job``: one generator process, and two CPUs to give."""
+    return job.processes == 1 and len(os.sched_getaffinity(0)) >= 2 and hasattr(os, "sched_setaffinity")
+
+
+def pin_tree(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` and of its descendants onto ``cpu`` (threads started later
+    inherit it from the one that starts them); processes already gone are skipped."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            tids = os.listdir(f"/proc/{p.pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except OSError:  # the thread ended meanwhile
+                pass
+
+
+def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = None,
+            pin: bool = False) -> dict[str, Any]:
     """Run ``job`` once; its figures (see :func:`_figures`), or ``{"error": ...}``.
 
     ``profile_to``: a py-spy profile of the window goes there (Python tools, one process).
+    ``pin`` (where :func:`can_pin`): the server's threads on one CPU and the generator's on
+    the other, so neither is moved about nor shares a core's caches with the other: on a
+    shared 2-core machine the rounds then scatter less (see README, Generator performance).
     """
     with tempfile.TemporaryDirectory(prefix="genbench-") as tmp:
         workdir = Path(tmp)
@@ -157,9 +189,16 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd,
                                     start_new_session=True)
         marks = Marks(proc, server.pid)
+        pin = pin and can_pin(job)
+        if pin:
+            pin_tree(server.pid, SERVER_CPU)
+            pin_tree(proc.pid, GENERATOR_CPU)
         try:
             marks.wait("before", job.processes, STARTUP_S)
             marks.wait("ready", job.processes, job.ready_timeout + STARTUP_S)
+            if pin:  # threads and processes started since (Node's workers, Locust's)
+                pin_tree(server.pid, SERVER_CPU)
+                pin_tree(proc.pid, GENERATOR_CPU)
             t_start = time.time() + warmup
             t_end = t_start + duration
             write_json(ctl, {"start": t_start, "end": t_end})
@@ -173,6 +212,7 @@ def measure(job: Job, warmup: float, duration: float, profile_to: Path | None = 
             marks.wait("end", job.processes, 30)
             marks.wait("start", job.processes, 1)
             out = _figures(job, marks.seen, g1 - g0, (s1 - s0).total, w1 - w0)
+            out["pinned"] = pin
             # what else ran on the machine meanwhile (other users of a shared machine, this script)
             out["other_cpu_pct"] = round(100 * ((m1 - m0) - (g1 - g0).total - (s1 - s0).total) / (w1 - w0), 1)
             if spy is not None and spy.wait(30) == 0 and profile_to is not None and profile_to.exists():

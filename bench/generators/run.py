@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="equal suite: offered acks/s, every tool the same (open loop, rooms of one)")
     p.add_argument("--equal-connections", type=int, default=50, help="equal suite: connections (default 50)")
     p.add_argument("--idle-connections", type=int, help="idle suite connections (default 20000, capped by the fd limit)")
+    p.add_argument("--pin", action="store_true",
+                   help="the server on CPU 1 and the generator on CPU 0 (one-process jobs on a machine "
+                   "with 2+ CPUs): less scatter between rounds on a shared machine")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--rereport", type=Path, metavar="JSON",
                    help="measure nothing: re-derive medians, ratios, targets and the .md of an earlier "
@@ -234,7 +237,7 @@ def _run(a: argparse.Namespace, fd_cap: int, commits: dict[str, str]) -> int:
     for i, (suite, rnd, job) in enumerate(jobs, 1):
         spy = profiles / f"{suite}-{job.tool.replace('/', '_')}-n{job.connections}-m{job.room_size}-p{job.processes}-r{rnd}.txt"
         result = measure(job, a.warmup, a.duration if suite != "idle" else min(a.duration, 3.0),
-                         spy if suite.startswith("profile") else None)
+                         spy if suite.startswith("profile") else None, pin=a.pin)
         result.update(suite=suite, round=rnd, tool=job.tool, connections=job.connections,
                       room_size=job.room_size, processes=job.processes,
                       rate=job.rate if job.mode in ("fanout", "rate") else None)

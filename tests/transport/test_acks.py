@@ -26,6 +26,14 @@ def _sio_ack(aid: bytes, payload: bytes = b'[{"ok":true}]') -> bytes:
     return b"43" + aid + payload
 
 
+def _open(peer: ScriptedPeer, kind: str) -> None:
+    """The server's side of the session's start: plain "connected", or Engine.IO open + CONNECT."""
+    if kind == "ws":
+        peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
+    else:
+        peer.accept()
+
+
 def _run(make: Any, scripted: Any, kind: str, answers: list[bytes], *, sends: int = 1,
          ack_timeout: float = 5.0, pause: float = 0.0) -> tuple[list[Acks], Any]:
     """Connect, send ``sends`` acked messages, let the peer answer with ``answers``
@@ -33,10 +41,7 @@ def _run(make: Any, scripted: Any, kind: str, answers: list[bytes], *, sends: in
     got: list[bytes] = []
 
     def script(peer: ScriptedPeer, n: int) -> None:
-        if kind == "ws":
-            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
-        else:
-            peer.accept()
+        _open(peer, kind)
         for _ in range(sends):
             got.append(peer.recv())
         gevent.sleep(pause)
@@ -115,10 +120,7 @@ def test_each_callback_gets_the_arg_it_was_emitted_with(make: Any, scripted: Any
     calls: list[tuple[Any, Any, str | None]] = []
 
     def script(peer: ScriptedPeer, n: int) -> None:
-        if kind == "ws":
-            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
-        else:
-            peer.accept()
+        _open(peer, kind)
         for _ in range(2):
             peer.recv()
         peer.send(answer)
@@ -143,10 +145,7 @@ def test_big_frames_of_concurrent_greenlets_arrive_whole(make: Any, scripted: An
     got: list[bytes] = []
 
     def script(peer: ScriptedPeer, n: int) -> None:
-        if kind == "ws":
-            peer.send(orjson.dumps({"event": "connected", "data": {"sid": "s"}}))
-        else:
-            peer.accept()
+        _open(peer, kind)
         gevent.sleep(0.3)  # let the client's buffers fill first
         for _ in range(2 * per):
             got.append(peer.recv())

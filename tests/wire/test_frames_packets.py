@@ -15,7 +15,7 @@ from roombench.exceptions import ProtocolError
 
 pytestmark = pytest.mark.timeout(10)
 
-LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+LENGTHS = [0, 1, 125, 126, 127, 2047, 2048, 65535, 65536, 70000]  # 2048: past the ready-made headers
 
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -50,7 +50,7 @@ def test_random_mask_key_is_uniform_and_nonzero() -> None:
 
 
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("key", [b"\x33\x33\x33\x33", b"\x01\x02\x03\x04"])
+@pytest.mark.parametrize("key", [b"\x33\x33\x33\x33", b"\x01\x02\x03\x04", wsframes.ZERO_KEY])
 def test_writer_text_frame_equals_websocket_client_frame(n: int, key: bytes) -> None:
     payload = (b"0123456789" * (n // 10 + 1))[:n]
     ours = FrameWriter(key).text(payload)
@@ -64,6 +64,11 @@ def test_writer_text_frame_round_trips_through_parser(n: int) -> None:
     payload = bytes(i % 251 for i in range(n))
     b0, length, body = unmask_client_frame(FrameWriter().text(payload))
     assert b0 == 0x81 and length == n and body == payload
+
+
+def test_the_process_writer_masks_with_the_zero_key_so_the_payload_goes_as_it_is() -> None:
+    frame = wsframes.shared_writer().text(b"42[\"x\"]")
+    assert frame == b"\x81\x87" + wsframes.ZERO_KEY + b'42["x"]'  # the mask bit set, as RFC 6455 wants
 
 
 def test_writer_rejects_bad_key() -> None:

@@ -171,7 +171,8 @@ def count_instructions(sessions: int) -> float:
     """Instructions per ack: the difference of two callgrind runs with the same set-up."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
-        raise SystemExit("bench_hotpath: --instructions needs valgrind (apt-get install valgrind)")
+        print("bench_hotpath: --instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        raise SystemExit(2)
     short, long = _COUNT_RUNS
     with ThreadPoolExecutor(2) as pool:  # the two runs side by side: counts do not depend on load
         few, many = pool.map(lambda run: _instructions(valgrind, sessions, run), (short, long))

@@ -149,7 +149,7 @@ SERVER_CPU, GENERATOR_CPU = 1, 0
 
 def can_pin(job: Job) -> bool:
     """Whether ``--pin`` applies to ``job``: one generator process, and two CPUs to give."""
-    return job.processes == 1 and len(os.sched_getaffinity(0)) >= 2 and hasattr(os, "sched_setaffinity")
+    return job.processes == 1 and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
 def pin_tree(pid: int, cpu: int) -> None:

@@ -270,12 +270,13 @@ class ChatSession:
         if not sent:  # the connection died under us: nothing left, nobody can expect it
             del self.unconfirmed[temp_id]
             gen.ledger.void(temp_id)
-            return
+            return False
         if sc.read_every and k % sc.read_every == sc.read_every - 1 and room in self.last_id:
             msg_id = self.last_id[room]
             if self.server_id is not None:
                 gen.read_sent.sent((room, self.server_id, msg_id), now(), len(gen.registry.members(room)) - 1)
             self.transport.emit(self._n.ev_read, {self._n.f_ch: room, self._n.f_msg: msg_id})
+        return True
 
     def drop(self) -> None:
         """Force a network failure: abort the TCP connection (the reconnect path follows)."""
@@ -402,8 +403,7 @@ class ChatSession:
             return
         if self._callback:
             self.unconfirmed[temp_id] = _ECHOED
-            if self.gen.profile.opaque_ids:  # ranks it in the sender's order (int ids: nothing to do)
-                self.gen.ledger.on_own_copy(temp_id)
+            self.gen.ledger.on_own_copy(temp_id)  # opaque ids: ranks it in the sender's order
             return
         del self.unconfirmed[temp_id]
         t0 = self.gen.ledger.on_acked(temp_id, msg_id)

@@ -44,7 +44,7 @@ def test_closed_loop_keeps_the_window_full_and_no_fuller(ref_server: Any, ack: s
     assert c["sent"] > 200  # the open loop would have sent ~0
     assert c["acked"] == c["sent"]
     assert c["delivered_live"] == c["expected"] == c["sent"]  # rooms of 2: one other member
-    assert most <= CLOSED.window
+    assert most == CLOSED.window  # full: a refill sends until the window is, not one message
     assert report["errors"] == {}
 
 
@@ -107,3 +107,21 @@ def test_signals_older_than_the_horizon_are_evicted_and_counted() -> None:
     for i in range(10):  # the cap holds whatever the horizon
         sent.sent(i, 1.5, copies=1)
     assert len(sent) == 5 and counters["expired"] == 7
+
+
+@pytest.mark.parametrize("ack", ["callback", "echo"])
+def test_one_refill_fills_the_whole_window_across_the_users_rooms(ref_server: Any, ack: str) -> None:
+    # a refill sends until the window is full, each message to the next of the user's rooms:
+    # send() says whether a message went out, and the loop goes on while it did
+    gen = Generator(ref_server.url, replace(CLOSED, ack=ack, window=3, room_size=1, rooms_per_user=2))
+    session = gen.new_session()
+    try:
+        session.run()  # connects, joins, hands the schedule over: the first refill is done now
+        assert len(session.unconfirmed) == 3
+        rooms = [gen.ledger._records[t][0] for t in session.unconfirmed]  # a record starts with its room
+        assert sorted(rooms) == sorted([session.rooms[0], session.rooms[1], session.rooms[0]])
+        assert session.send(session.rooms[0], 0.0, 3) is True
+        session.transport.drop()
+        assert session.send(session.rooms[0], 0.0, 4) is False  # not connected: nothing went out
+    finally:
+        gen.finish()

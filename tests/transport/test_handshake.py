@@ -10,7 +10,7 @@ import pytest
 from gevent import socket as gsocket
 
 from roombench.exceptions import ConnectFailed
-from roombench.transport.handshake import Endpoint, _connect, _tcp
+from roombench.transport.handshake import LOOPBACK_SOURCES, Endpoint, _connect, _tcp
 
 
 def _endpoint(port: int) -> Endpoint:
@@ -68,3 +68,40 @@ def test_refused_connect_names_the_port() -> None:
     srv.close()  # nobody listens there now
     with pytest.raises(ConnectFailed, match=f"connection refused by 127.0.0.1:{port}"):
         _tcp(_endpoint(port), timeout=2)
+
+
+def _sources(listener: socket.socket, n: int) -> list[str]:
+    """The source address of each of ``n`` connects through ``_tcp`` to ``listener``."""
+    port, out = listener.getsockname()[1], []
+    for _ in range(n):
+        sock = _tcp(_endpoint(port), timeout=5)
+        peer, (addr, _) = listener.accept()
+        assert sock.getsockname()[0] == addr
+        out.append(addr)
+        peer.close()
+        sock.close()
+    return out
+
+
+def test_loopback_connects_rotate_over_source_addresses(listener: socket.socket,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # past ~14,000 connections from one address to one port, Linux searches its whole port
+    # range on every connect (1-2 ms of CPU each): several loopback sources keep it cheap
+    monkeypatch.delenv("ROOMBENCH_LOOPBACK_SOURCES", raising=False)
+    got = _sources(listener, 2 * LOOPBACK_SOURCES)
+    assert set(got) == {f"127.0.0.{i}" for i in range(1, LOOPBACK_SOURCES + 1)}
+    assert got[:LOOPBACK_SOURCES] == got[LOOPBACK_SOURCES:]  # in turn, each as often
+
+
+def test_one_loopback_source_when_the_env_says_so(listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOMBENCH_LOOPBACK_SOURCES", "1")
+    assert set(_sources(listener, 4)) == {"127.0.0.1"}
+    monkeypatch.setenv("ROOMBENCH_LOOPBACK_SOURCES", "3")
+    assert len(set(_sources(listener, 6))) == 3
+
+
+def test_a_bad_loopback_sources_setting_is_one_clear_line(listener: socket.socket,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOMBENCH_LOOPBACK_SOURCES", "lots")
+    with pytest.raises(ConnectFailed, match="ROOMBENCH_LOOPBACK_SOURCES must be a whole number from 1 to 254"):
+        _tcp(_endpoint(listener.getsockname()[1]), timeout=2)

@@ -58,6 +58,8 @@ DEFAULT_TOOLS = [t for t in TOOLS if t not in ("roombench-lean-greenlet", "roomb
 PYTHON_TOOLS = ("roombench-lean", "roombench-compat", "locust-socketio", "roombench-lean-greenlet",
                 "roombench-lean-usersend")
 SIZE = 64  # bytes of message content, as roombench's default
+#: roombench's --connect-timeout here: socket.io-client's default, which the Node client runs with
+CONNECT_TIMEOUT_S = 20.0
 #: ``tool@ref`` runs a Python tool from a checkout of git ``ref`` (run.py makes it): an
 #: A/B of a hot-path change alternates old and new in one run, on the same server
 CHECKOUTS: dict[str, Path] = {}
@@ -132,7 +134,7 @@ def _command(job: Job, tool: str, root: Path, url: str, token: str, ctl: Path,
             env["ROOMBENCH_READER"] = "greenlet"
         if tool == "roombench-lean-usersend":
             env["ROOMBENCH_SENDER"] = "greenlet"
-        return _locust(job, url, here / "locust_roombench.py", _roombench_options(job, tool, token)), env
+        return _locust(job, url, here / "locust_roombench.py", _roombench_options(job, tool, token, root)), env
     if tool == "locust-socketio":
         return _locust(job, url, here / "locust_socketio_user.py", []), env
     if tool == "python-raw":
@@ -162,7 +164,7 @@ def _locust(job: Job, url: str, locustfile: Path, extra: list[str]) -> list[str]
     return argv + extra
 
 
-def _roombench_options(job: Job, tool: str, token: str) -> list[str]:
+def _roombench_options(job: Job, tool: str, token: str, root: Path = REPO) -> list[str]:
     mode = {
         "ack": ["--window", "1", "--room-size", "1", "--rate", "1"],
         "fanout": ["--window", "0", "--room-size", str(job.room_size), "--rate", f"{job.rate:g}"],
@@ -170,7 +172,10 @@ def _roombench_options(job: Job, tool: str, token: str) -> list[str]:
         "idle": ["--window", "0", "--room-size", "1", "--rate", "1e-6"],  # first send in ~days
     }[job.mode]
     return mode + ["--transport", tool.split("-")[1], "--token", token, "--ack", "callback",
-                   "--size", str(SIZE), "--typing-every", "0", "--read-every", "0", "--drain", "2"]
+                   "--size", str(SIZE), "--typing-every", "0", "--read-every", "0", "--drain", "2"] + (
+        # socket.io-client's own timeout, as the Node client has it; a checkout older than the option lacks it
+        ["--connect-timeout", f"{CONNECT_TIMEOUT_S:g}"]
+        if "connect_timeout" in (root / "roombench" / "chat" / "scenario.py").read_text() else [])
 
 
 def _artillery_script(job: Job, url: str, token: str) -> str:

@@ -33,6 +33,7 @@ class Scenario:
     typing_every: int = 10  # every N-th message is preceded by a typing event; 0 = never
     read_every: int = 10  # every N-th message is followed by a read receipt; 0 = never
     ack_timeout: float = 10.0
+    connect_timeout: float = 10.0  # TCP + WebSocket upgrade + session connect, per attempt
     reconnect_delay: float = 1.0  # first reconnect backoff (socket.io default), then x2
     reconnect_delay_max: float = 30.0
     drain: float = 10.0  # max seconds to wait for in-flight messages at the end
@@ -63,6 +64,7 @@ class Scenario:
               "connection state recovery; a plain WebSocket has none)")),
             (self.typing_every >= 0 and self.read_every >= 0, "--typing-every/--read-every must be >= 0"),
             (0 < self.ack_timeout <= week, f"--ack-timeout must be > 0 and <= {week:.0f} seconds"),
+            (0 < self.connect_timeout <= week, f"--connect-timeout must be > 0 and <= {week:.0f} seconds"),
             (0 < self.reconnect_delay <= self.reconnect_delay_max, "--reconnect-delay must be > 0 and <= --reconnect-delay-max"),
             (self.reconnect_delay_max <= week, f"--reconnect-delay-max must be <= {week:.0f} seconds"),
             (0 <= self.drain <= week, f"--drain must be between 0 and {week:.0f} seconds"),
@@ -108,13 +110,15 @@ OPTION_HELP: dict[str, str] = {
     "typing_every": "send a typing event before every N-th message (0 = never)",
     "read_every": "send a read receipt after every N-th message (0 = never)",
     "ack_timeout": "seconds before an unconfirmed message counts as an ack timeout",
+    "connect_timeout": "seconds each connect attempt (TCP, WebSocket upgrade, session connect) may take before "
+    "it counts as connect_failed and the reconnect backoff starts (socket.io-client waits 20)",
     "reconnect_delay": "first reconnect delay in seconds (doubles up to --reconnect-delay-max, +-50%% jitter)",
     "reconnect_delay_max": "longest reconnect delay in seconds",
     "drain": "at the end, seconds to wait at most for in-flight messages before counting them",
     "warmup": "seconds at the start whose latency samples are discarded (the ledger still counts them)",
     "interval": "seconds per interval of the over-time histograms (<metric>.hlog, intervals.json, live.json)",
 }
-_SECONDS = {"drop_every", "drop_for", "ack_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
+_SECONDS = {"drop_every", "drop_for", "ack_timeout", "connect_timeout", "reconnect_delay", "reconnect_delay_max", "drain", "warmup"}
 OPTION_HELP |= {  # every time option is bounded; say so where users look
     k: v + " (at most 604800 = 7 days)" for k, v in OPTION_HELP.items() if k in _SECONDS
 }

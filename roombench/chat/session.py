@@ -131,7 +131,8 @@ class ChatSession:
         self.transport = make_transport(
             sc.transport, gen.hosts[user_no % len(gen.hosts)], p, self, token=sc.token or None,
             auth_extra={p.field("user_id"): self.user_id},
-            reconnect=_policy(sc.reconnect_delay, sc.reconnect_delay_max), ack_timeout=sc.ack_timeout)
+            reconnect=_policy(sc.reconnect_delay, sc.reconnect_delay_max), ack_timeout=sc.ack_timeout,
+            connect_timeout=sc.connect_timeout)
         # connection state recovery (--recovery csr|auto): the transport sends {pid, offset}
         self.transport.recover = sc.recovery != "rest"
         #: auto: temp_ids the recovery replay brought in this gap (the backfill overlap with it)

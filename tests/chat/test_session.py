@@ -7,9 +7,11 @@ from typing import Any
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 
 from roombench.generator import Generator, run_for
 from roombench.chat.scenario import Scenario
+from roombench.exceptions import UsageError
 
 from tests.helpers import REF_TOKEN
 
@@ -125,3 +127,24 @@ def test_one_refill_fills_the_whole_window_across_the_users_rooms(ref_server: An
         assert session.send(session.rooms[0], 0.0, 4) is False  # not connected: nothing went out
     finally:
         gen.finish()
+
+
+def test_connect_timeout_bounds_each_connect_attempt() -> None:
+    # a server that accepts TCP and never answers the WebSocket upgrade (a real socket on loopback)
+    silent = gsocket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        scenario = replace(CLOSED, connect_timeout=0.3, reconnect_delay=5.0, reconnect_delay_max=5.0, drain=0.0)
+        gen = Generator(host, scenario)
+        report = run_for(gen, 1, 1.5)
+        assert report["errors"].get("connect_failed", 0) >= 1  # with the default 10 s it would not fail in 1.5 s
+        assert "timed out after 0.3 s" in report["error_samples"]["connect_failed"]
+    finally:
+        silent.close()
+
+
+def test_connect_timeout_must_be_positive() -> None:
+    with pytest.raises(UsageError, match="--connect-timeout must be > 0"):
+        replace(CLOSED, connect_timeout=0).validate()

@@ -116,3 +116,19 @@ def test_pin_puts_every_thread_of_a_process_tree_on_one_cpu() -> None:
             p.kill()
         child.kill()
         child.wait()
+
+
+def test_runs_short_of_connections_or_with_errors_are_named() -> None:
+    from bench.generators.genreport import shortfalls
+
+    runs = [
+        {"tool": "roombench-lean", "suite": "ack", "connections": 1000, "connected": 623, "round": 0,
+         "errors": {"connect_failed": 1903}},
+        {"tool": "node-client", "suite": "ack", "connections": 1000, "connected": 1000, "round": 0, "errors": {}},
+        {"tool": "python-raw", "suite": "ack", "connections": 50, "connected": 50, "round": 1, "errors": {"bad_ack": 2}},
+        {"tool": "artillery", "suite": "ack", "connections": 50, "round": 0, "error": "did not start"},
+    ]
+    assert shortfalls(runs) == [
+        "roombench-lean ack 1000 conns round 1: 623 of 1,000 connected, connect_failed 1,903",
+        "python-raw ack 50 conns round 2: bad_ack 2",
+    ]

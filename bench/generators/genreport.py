@@ -233,6 +233,10 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Medians of {o['rounds']} alternating round(s), {o['duration']:g} s windows after {o['warmup']:g} s warm-up; "
              "CPU = the generator's process tree (user + system) from /proc, per generator process unless noted; "
              "other CPU % = what the rest of the machine used meanwhile (a shared machine is noisy).", ""]
+    short = shortfalls(doc["runs"])
+    if short:
+        lines += [f"**{len(short)} measurement(s) ran short of connections or counted errors** (their figures "
+                  "are not like for like with the others'): " + "; ".join(short), ""]
     lines += _table(rows, "ack", "Acks: closed loop, one message in flight per connection, each in its own room "
                     "(the server acks and echoes new_message to the sender)",
                     ["connections", "tool", "acks/s", "µs CPU/ack", "(user/sys %)", "p50 ms", "p99 ms",
@@ -315,6 +319,25 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"{len(failed)} measurement(s) failed: " + "; ".join(
             f"{r['tool']} {r['suite']} {r['connections']}: {r['error'].splitlines()[0]}" for r in failed), ""]
     return "\n".join(lines)
+
+
+def shortfalls(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per measured run that had fewer connections up than it asked for, or errors:
+    a row measured on 623 of 1,000 connections must not pass for a 1,000-connection figure."""
+    out = []
+    for r in runs:
+        if "error" in r:
+            continue  # listed as failed at the end
+        want, got, errors = r.get("connections"), r.get("connected"), r.get("errors") or {}
+        if (want is None or got is None or got >= want) and not errors:
+            continue
+        what = f"{r['tool']} {r['suite']} {want} conns round {r.get('round', 0) + 1}"
+        if got is not None and want is not None and got < want:
+            what += f": {got:,} of {want:,} connected"
+        if errors:
+            what += (": " if ":" not in what else ", ") + ", ".join(f"{k} {v:,}" for k, v in sorted(errors.items()))
+        out.append(what)
+    return out
 
 
 def _range(r: list[float] | None) -> str:

@@ -148,7 +148,10 @@ class ChatSession:
         try:
             self.transport.connect()
         except ConnectFailed as exc:
-            self.gen.error("connect_failed", str(exc))
+            if self._closed or self.gen.stopping:  # the run or the user ended mid-connect: not the server's failure
+                self.gen.counters["connects_cancelled"] += 1
+            else:
+                self.gen.error("connect_failed", str(exc))
             return False
         if not self.joined.wait(self.gen.scenario.ack_timeout):
             self.gen.error("join_timeout", f"rooms not joined within {self.gen.scenario.ack_timeout} s")

@@ -148,3 +148,20 @@ def test_connect_timeout_bounds_each_connect_attempt() -> None:
 def test_connect_timeout_must_be_positive() -> None:
     with pytest.raises(UsageError, match="--connect-timeout must be > 0"):
         replace(CLOSED, connect_timeout=0).validate()
+
+
+def test_a_connect_the_run_ended_is_cancelled_not_a_connect_failure() -> None:
+    silent = gsocket.socket()  # accepts TCP, never answers the upgrade
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        gen = Generator(f"http://127.0.0.1:{silent.getsockname()[1]}", replace(CLOSED, connect_timeout=0.5))
+        session = gen.new_session()
+        connecting = gevent.spawn(session.start)
+        gevent.sleep(0.1)
+        session.close()  # the user (or the run) ends while its connect waits
+        assert connecting.get(timeout=5) is False
+        assert "connect_failed" not in gen.errors
+        assert gen.counters["connects_cancelled"] == 1
+    finally:
+        silent.close()

@@ -156,8 +156,15 @@ def test_overloaded_generator_flags_itself(ref_server: Any) -> None:
 def test_idle_generator_is_not_saturated(ref_server: Any) -> None:
     from roombench.generator import run_report
 
+    from roombench.measure.metrics import percentiles
+
     merged = run_report(Generator(ref_server.url, replace(FAST, rate=1.0, room_size=2)), 2, 1.5)
-    assert merged.loop_lag_p99_ms < 20
+    # ~30 probes in 1.5 s: p99 is the worst one, and one 21 ms scheduling hiccup of a 2-core CI
+    # machine running three test groups failed it. A busy loop delays every wake-up instead
+    lag_ms = {q: v / 1000.0 for q, v in percentiles(merged.loop_lag, [50.0, 90.0]).items()}
+    assert merged.loop_lag.total_count >= 20
+    assert lag_ms[50.0] < 5 and lag_ms[90.0] < 20, lag_ms
+    assert (merged.cpu_max_fraction or 0.0) < 0.5
 
 
 def test_backfill_percent_encodes_the_channel(ref_server: Any) -> None:

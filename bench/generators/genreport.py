@@ -331,12 +331,9 @@ def shortfalls(runs: list[dict[str, Any]]) -> list[str]:
         want, got, errors = r.get("connections"), r.get("connected"), r.get("errors") or {}
         if (want is None or got is None or got >= want) and not errors:
             continue
-        what = f"{r['tool']} {r['suite']} {want} conns round {r.get('round', 0) + 1}"
-        if got is not None and want is not None and got < want:
-            what += f": {got:,} of {want:,} connected"
-        if errors:
-            what += (": " if ":" not in what else ", ") + ", ".join(f"{k} {v:,}" for k, v in sorted(errors.items()))
-        out.append(what)
+        lacks = [f"{got:,} of {want:,} connected"] if got is not None and want is not None and got < want else []
+        lacks += [f"{k} {v:,}" for k, v in sorted(errors.items())]
+        out.append(f"{r['tool']} {r['suite']} {want} conns round {r.get('round', 0) + 1}: {', '.join(lacks)}")
     return out
 
 

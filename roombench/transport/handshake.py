@@ -126,8 +126,8 @@ class _Sources:
     usable = True
 
 
-def _spread(sock: Any) -> None:
-    """Bind ``sock`` to the next of 127.0.0.1..N, for a connect to a loopback server.
+def _spread(sock: Any, n: int) -> None:
+    """Bind ``sock`` to the next of 127.0.0.1..``n``, for a connect to a loopback server.
 
     Linux gives connect() the even half of its ephemeral ports first and then searches
     the whole range on every call: past ~14,000 connections to one address and port a
@@ -137,7 +137,6 @@ def _spread(sock: Any) -> None:
     at the cheap price. IP_BIND_ADDRESS_NO_PORT leaves the port to connect(), which then
     shares ports across addresses as it does for one. 127.0.0.1 itself needs no bind.
     """
-    n = _loopback_sources(os.environ.get(_SOURCES_ENV))
     i = _Sources.turn % n
     _Sources.turn = i + 1
     if i == 0 or not _Sources.usable:
@@ -163,10 +162,11 @@ def _tcp(ep: Endpoint, timeout: float) -> Any:
         if literal is None:
             return gsocket.create_connection((ep.host, ep.port), timeout=timeout)
         family, loopback = literal
+        sources = _loopback_sources(os.environ.get(_SOURCES_ENV)) if loopback else 1  # checked before a socket exists
         sock = gsocket.socket(family, _socket.SOCK_STREAM)
         sock.settimeout(timeout)
-        if loopback:
-            _spread(sock)
+        if sources > 1:
+            _spread(sock, sources)
         _connect(sock, (ep.host, ep.port))
         return sock
     except _socket.gaierror as exc:
@@ -175,10 +175,6 @@ def _tcp(ep: Endpoint, timeout: float) -> Any:
         if sock is not None:
             sock.close()
         raise ConnectFailed(f"connection refused by {where}: is the server running?") from None
-    except ConnectFailed:
-        if sock is not None:
-            sock.close()
-        raise
     except OSError as exc:
         if sock is not None:
             sock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -129,20 +130,24 @@ def test_one_refill_fills_the_whole_window_across_the_users_rooms(ref_server: An
         gen.finish()
 
 
-def test_connect_timeout_bounds_each_connect_attempt() -> None:
-    # a server that accepts TCP and never answers the WebSocket upgrade (a real socket on loopback)
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """The URL of a server that accepts TCP and never answers the WebSocket upgrade (a real
+    socket on loopback)."""
     silent = gsocket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    host = f"http://127.0.0.1:{silent.getsockname()[1]}"
     try:
-        scenario = replace(CLOSED, connect_timeout=0.3, reconnect_delay=5.0, reconnect_delay_max=5.0, drain=0.0)
-        gen = Generator(host, scenario)
-        report = run_for(gen, 1, 1.5)
-        assert report["errors"].get("connect_failed", 0) >= 1  # with the default 10 s it would not fail in 1.5 s
-        assert "timed out after 0.3 s" in report["error_samples"]["connect_failed"]
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
     finally:
         silent.close()
+
+
+def test_connect_timeout_bounds_each_connect_attempt(silent_server: str) -> None:
+    scenario = replace(CLOSED, connect_timeout=0.3, reconnect_delay=5.0, reconnect_delay_max=5.0, drain=0.0)
+    report = run_for(Generator(silent_server, scenario), 1, 1.5)
+    assert report["errors"].get("connect_failed", 0) >= 1  # with the default 10 s it would not fail in 1.5 s
+    assert "timed out after 0.3 s" in report["error_samples"]["connect_failed"]
 
 
 def test_connect_timeout_must_be_positive() -> None:
@@ -150,18 +155,12 @@ def test_connect_timeout_must_be_positive() -> None:
         replace(CLOSED, connect_timeout=0).validate()
 
 
-def test_a_connect_the_run_ended_is_cancelled_not_a_connect_failure() -> None:
-    silent = gsocket.socket()  # accepts TCP, never answers the upgrade
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    try:
-        gen = Generator(f"http://127.0.0.1:{silent.getsockname()[1]}", replace(CLOSED, connect_timeout=0.5))
-        session = gen.new_session()
-        connecting = gevent.spawn(session.start)
-        gevent.sleep(0.1)
-        session.close()  # the user (or the run) ends while its connect waits
-        assert connecting.get(timeout=5) is False
-        assert "connect_failed" not in gen.errors
-        assert gen.counters["connects_cancelled"] == 1
-    finally:
-        silent.close()
+def test_a_connect_the_run_ended_is_cancelled_not_a_connect_failure(silent_server: str) -> None:
+    gen = Generator(silent_server, replace(CLOSED, connect_timeout=0.5))
+    session = gen.new_session()
+    connecting = gevent.spawn(session.start)
+    gevent.sleep(0.1)
+    session.close()  # the user (or the run) ends while its connect waits
+    assert connecting.get(timeout=5) is False
+    assert "connect_failed" not in gen.errors
+    assert gen.counters["connects_cancelled"] == 1

@@ -28,6 +28,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from roombench.measure.metrics import count_over
 from roombench.measure.summary import Slo
 
 MONOTONE = ("errors", "ack_timeouts", "duplicates", "out_of_order", "unexpected", "sent", "acked", "ack_errors")
@@ -116,10 +117,7 @@ def _over_in_interval(iv: dict[str, Any], metric: str, limit_ms: float) -> int:
     whose lowest value is over the limit), else the top 1% when its p99 is clearly over it."""
     encoded = (iv.get("histograms") or {}).get(metric)
     if encoded:
-        h = HdrHistogram.decode(encoded)
-        limit_us = limit_ms * 1000
-        return sum(it.count_at_value_iterated_to for it in h.get_recorded_iterator()
-                   if h.get_lowest_equivalent_value(it.value_iterated_to) > limit_us)
+        return count_over(HdrHistogram.decode(encoded), limit_ms * 1000)
     p99 = (iv.get("p99_ms") or {}).get(metric)
     # floor: a lower bound; HDR's p99 is a bucket's highest value (3 digits), so only a p99
     # clearly over the limit proves samples over it

@@ -280,6 +280,12 @@ def _summarize(h: HdrHistogram) -> dict[str, float | None]:
     }
 
 
+def count_over(h: HdrHistogram, limit_us: float) -> int:
+    """Samples surely over ``limit_us``: those in buckets whose lowest value is over it."""
+    return sum(it.count_at_value_iterated_to for it in h.get_recorded_iterator()
+               if h.get_lowest_equivalent_value(it.value_iterated_to) > limit_us)
+
+
 def percentiles(h: HdrHistogram, wanted: Iterable[float]) -> dict[float, int]:
     """hdrh's ``get_percentile_to_value_dict`` (values in µs), with a numpy cumulative sum
     instead of a Python loop over ~23k counters."""

@@ -103,3 +103,17 @@ def test_summary_from_the_typed_report() -> None:
     assert s["errors"] == {"connect_failed": 2} and s["metadata"]["generator"]["processes"] == 2
     assert s["metadata"]["generator"]["cpu_pct"] == 50.0 and s["latency_ms"]["ack"]["count"] == 6
     orjson.dumps(s)  # plain JSON all through
+
+
+@pytest.mark.parametrize("late,flagged", [(1, False), (2, True)])
+def test_one_late_loop_probe_is_a_hiccup_two_are_saturation(late: int, flagged: bool) -> None:
+    from roombench.measure.summary import saturation
+
+    # 30 probes: a 1.5 s run's p99 is its single worst probe, so one 25 ms hiccup (a GC pass,
+    # the core given away once) made an idle generator "saturated"
+    r = report(lag_us=(300,) * (30 - late) + (25_000,) * late)
+    assert r.loop_lag_p99_ms > 20
+    reasons = saturation(r)
+    assert bool(reasons) is flagged
+    if flagged:
+        assert reasons == [f"event-loop lag p99 {r.loop_lag_p99_ms:.1f} ms > 20 ms ({late} of 30 probes late)"]

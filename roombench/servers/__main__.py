@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         log_level="warning",
         access_log=False,
+        backlog=4096,  # as server.js: a connect burst queues while the loop is busy (uvicorn: 2,048)
         # open websockets must not hold a SIGTERM hostage; start_server SIGKILLs after 5 s anyway
         timeout_graceful_shutdown=1,
     )

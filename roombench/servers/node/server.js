@@ -513,7 +513,9 @@ async function main() {
     process.stderr.write(`server.js: ${err.message}\n`); // e.g. "listen EADDRINUSE: address already in use …"
     process.exit(1);
   });
-  httpServer.listen(args.port, args.host);
+  // Node's default backlog, 511, drops the SYNs of a connect burst while the loop is busy
+  // (each dropped one waits 1 s for its retransmit); the kernel caps it at somaxconn
+  httpServer.listen({ port: args.port, host: args.host, backlog: 4096 });
   const shutdown = () => {
     setTimeout(() => process.exit(0), EXIT_GRACE_MS).unref(); // open sockets must not hold exit hostage
     Promise.allSettled([io.close(), closeStore()]).then(() => process.exit(0));

@@ -208,3 +208,41 @@ def test_a_greenlet_spinning_on_sleep_0_does_not_hold_a_saturated_pollers_reads(
     spinner.join(3)
     poller.discard(a.fileno())
     assert calls[0] - before > 100, calls[0] - before  # ~1,200 here; 0 with an unbounded idle()
+
+
+@pytest.mark.parametrize("after_park", [False, True])
+def test_a_poller_waiting_between_reads_wakes_for_the_hubs_own_io(
+        pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch, after_park: bool) -> None:
+    # Between reads the poller waits in its own epoll set, not in the hub (no hub round trip
+    # per wake-up), for up to HUB_TURN_S. The hub's descriptor is in that set, so another
+    # greenlet's socket is served when it is readable, not at the end of the wait. After an
+    # idle park the hub held the poller's set (the kernel refuses the cycle back), and the
+    # next reads must put the hub's descriptor in again.
+    import os
+
+    monkeypatch.setattr(poller_module, "HUB_TURN_S", 0.5)  # long: a late wake-up cannot pass
+    poller = Poller()
+    a, b = _pair(pairs)
+    c, d = _pair(pairs)
+    c.setblocking(True)  # another greenlet's socket: waits in the hub
+    poller.add(a.fileno(), lambda: a.recv(64))
+    if after_park:
+        gevent.sleep(0.7)  # a whole turn without a read: parked in the hub
+    b.sendall(b"x")  # a read: the poller waits in its own set from now on
+    woke: list[float] = []
+    wrote: list[float] = []
+
+    def other() -> None:
+        c.recv(1)
+        woke.append(time.perf_counter())
+
+    def writer() -> None:  # a thread: the hub cannot run this test's timers during the wait
+        _busy_wait(0.1)
+        wrote.append(time.perf_counter())
+        os.write(d.fileno(), b"y")
+
+    receiver = gevent.spawn(other)
+    get_original("_thread", "start_new_thread")(writer, ())
+    receiver.join(3)
+    poller.discard(a.fileno())
+    assert woke and wrote and woke[0] - wrote[0] < 0.1, (woke, wrote)

@@ -67,6 +67,8 @@ _now = time.perf_counter
 _INF = float("inf")
 #: longest run of callbacks before the poller lets the hub run the process's other greenlets
 SHARE_S = 0.005
+#: libev's EV_MINPRI
+_LOWEST_PRIORITY = -2
 #: longest wait in the poller's own set before the hub's timers and callbacks get a turn
 HUB_TURN_S = 0.001
 
@@ -93,14 +95,17 @@ def _share() -> None:
 
     ``gevent.idle()``: libev runs an idle watcher only in a loop turn with nothing else to
     do, so the greenlets that were ready, and the I/O and timers that came due, have all
-    had their go. Not ``sleep(0)``: from here that only runs the callbacks queued, ours
+    had their go. At libev's lowest priority: a ``gevent.Timeout`` timer has priority -1,
+    below the default idle's 0, so a zero timeout (urllib3 checks a kept-alive connection
+    with ``poll(0)``) came due in the turn and still waited for the next one: a REST fetch
+    beside the load took 4.0 ms instead of 2.5 (``bench/micro/bench_side_io.py``). Not ``sleep(0)``: from here that only runs the callbacks queued, ours
     among them, and is back before the loop turned (its I/O and timers waited for gevent's
     clock check every 50 callbacks: a 10 ms sleep woke 0.1-0.25 s late beside a saturated
     poller, starving the lag probe, backfills and reconnects). Bounded, because a loop that
     is never idle (a greenlet spinning on ``sleep(0)``) would otherwise hold every read.
     """
     with gevent.Timeout(SHARE_S, False):
-        gevent.idle()
+        gevent.idle(_LOWEST_PRIORITY)
 
 
 def _queued(loop: Any) -> Callable[[], int]:

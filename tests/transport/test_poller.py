@@ -246,3 +246,28 @@ def test_a_poller_waiting_between_reads_wakes_for_the_hubs_own_io(
     receiver.join(3)
     poller.discard(a.fileno())
     assert woke and wrote and woke[0] - wrote[0] < 0.1, (woke, wrote)
+
+
+def test_a_zero_timeout_wait_runs_within_the_hubs_turn(
+        pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # urllib3 checks a kept-alive connection with poll(0): a gevent.Timeout(0), whose timer
+    # has priority -1. A turn that ended on a default-priority idle watcher ended before
+    # that timer ran, and it waited for the next turn, up to HUB_TURN_S.
+    from gevent.event import Event
+
+    monkeypatch.setattr(poller_module, "HUB_TURN_S", 0.3)
+    poller = Poller()
+    a, b = _pair(pairs)
+    poller.add(a.fileno(), lambda: a.recv(64))
+    b.sendall(b"x")
+    took: list[float] = []
+
+    def zero_waits() -> None:
+        t = time.perf_counter()
+        for _ in range(3):
+            Event().wait(timeout=0)
+        took.append(time.perf_counter() - t)
+
+    gevent.spawn(zero_waits).join(3)
+    poller.discard(a.fileno())
+    assert took and took[0] < 0.1, took

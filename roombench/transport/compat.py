@@ -67,7 +67,7 @@ class CompatTransport(Transport):
             namespaces=[self._ns], socketio_path=self.profile.path, wait_timeout=self.connect_timeout,
         )
         self._closing.clear()
-        SWEEPER.add(self, self._sweep)
+        SWEEPER.add(self, self._acks)
         self._sio = sio  # before connect(): on_connect handlers emit (e.g. their joins)
         try:
             sio.connect(**self._connect_args)
@@ -204,10 +204,6 @@ class CompatTransport(Transport):
             return
         if late:
             self._report("late_ack", f"ack {aid} arrived after its timeout")
-
-    def _sweep(self, now: float) -> None:
-        if self._acks.pending:
-            self._acks.expire(now)
 
     def _call(self, name: str, *args: Any) -> None:
         try:

@@ -104,7 +104,7 @@ class FramedTransport(Transport):
             raise ConnectFailed("connect() called on a transport that is already connected")
         self._endpoint = self._make_endpoint()
         self._closing = False
-        SWEEPER.add(self, self._sweep)
+        SWEEPER.add(self, self._acks, self._check_ping)
         try:
             conn = self._establish()
         except BaseException:
@@ -391,10 +391,8 @@ class FramedTransport(Transport):
         if polled:  # the poller never sees a closed descriptor: report the loss here
             self._on_loss(conn, conn.abort_reason or reason)
 
-    def _sweep(self, now: float) -> None:
-        """Run by :data:`SWEEPER`: expire acks, abort a connection the server stopped pinging."""
-        if self._acks.pending:
-            self._acks.expire(now)
+    def _check_ping(self, now: float) -> None:
+        """Run by :data:`SWEEPER`: abort a connection the server stopped pinging."""
         conn = self._live
         if conn is not None and now > conn.ping_deadline:
             self._abort(conn, "ping timeout: no ping from the server within pingInterval + pingTimeout")

@@ -33,9 +33,10 @@ wait and gets the hub's turn at once; only the hub's timers and queued callbacks
 at most :data:`HUB_TURN_S`, after which the hub gets its turn. A whole turn without a
 read parks the poller in the hub as before, taking the hub's descriptor out first (the
 hub then watches the set, and the kernel refuses the cycle; libev lets go of the set
-lazily, so it goes back in on the next reads, after a hub turn). At equal offered load
-(50 connections, `bench/generators/run.py --suites equal --pin`, 4 alternating rounds)
-it cut the generator's CPU per ack 8 % at 5,000 acks/s and 15 % at 15,000.
+lazily, so it goes back in on the next reads, after a hub turn). Pinned A/B over 50
+connections, 4 alternating rounds (`bench/generators/run.py --suites ack,equal --pin`):
+11 % less CPU per ack in the closed loop and 13 % at 15,000 acks/s offered, lower in
+every round; within the spread at 5,000/s and at 1,000 connections.
 """
 
 from __future__ import annotations
@@ -98,10 +99,11 @@ def _share() -> None:
     had their go. At libev's lowest priority: a ``gevent.Timeout`` timer has priority -1,
     below the default idle's 0, so a zero timeout (urllib3 checks a kept-alive connection
     with ``poll(0)``) came due in the turn and still waited for the next one: a REST fetch
-    beside the load took 4.0 ms instead of 2.5 (``bench/micro/bench_side_io.py``). Not ``sleep(0)``: from here that only runs the callbacks queued, ours
-    among them, and is back before the loop turned (its I/O and timers waited for gevent's
-    clock check every 50 callbacks: a 10 ms sleep woke 0.1-0.25 s late beside a saturated
-    poller, starving the lag probe, backfills and reconnects). Bounded, because a loop that
+    beside the load took 4.0 ms instead of 2.5 (``bench/micro/bench_side_io.py``).
+    Not ``sleep(0)``: from here that only runs the callbacks queued, ours among them, and
+    is back before the loop turned (its I/O and timers waited for gevent's clock check
+    every 50 callbacks: a 10 ms sleep woke 0.1-0.25 s late beside a saturated poller,
+    starving the lag probe, backfills and reconnects). Bounded, because a loop that
     is never idle (a greenlet spinning on ``sleep(0)``) would otherwise hold every read.
     """
     with gevent.Timeout(SHARE_S, False):

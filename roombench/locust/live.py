@@ -23,7 +23,7 @@ from typing import Any
 from roombench.generator import Generator
 from roombench.measure.intervals import Interval, merge_intervals
 from roombench.measure.metrics import percentiles
-from roombench.measure.summary import SATURATED_CPU_FRACTION, lag_saturated, write_json
+from roombench.measure.summary import SATURATED_CPU_FRACTION, saturating_probes, write_json
 
 LIVE_SCHEMA = "roombench.live/1"
 LIVE_METRICS = ("ack", "fanout")
@@ -88,7 +88,7 @@ def merge_snapshots(snaps: list[dict[str, Any]], now: float | None = None) -> di
         },
         "totals": totals,
         "overdue": sum(s["overdue"] for s in snaps),
-        "saturated": (lag is not None and lag_saturated(lag)) or cpu > SATURATED_CPU_FRACTION,
+        "saturated": (lag is not None and saturating_probes(lag) > 0) or cpu > SATURATED_CPU_FRACTION,
         "loop_lag_p99_ms": round(lag_p99, 3),
         "cpu_max_fraction": round(cpu, 3),
     }

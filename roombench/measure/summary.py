@@ -100,21 +100,21 @@ SATURATED_CPU_FRACTION = 0.90
 SATURATED_LAG_MIN_LATE = 2
 
 
-def lag_saturated(lag: HdrHistogram) -> bool:
-    """Whether the loop-lag probes (µs) say the generator could not keep up."""
-    if not lag.total_count:
-        return False
-    p99_ms = percentiles(lag, [99.0])[99.0] / 1000
-    return p99_ms > SATURATED_LAG_P99_MS and count_over(lag, SATURATED_LAG_P99_MS * 1000) >= SATURATED_LAG_MIN_LATE
+def saturating_probes(lag: HdrHistogram) -> int:
+    """Loop-lag probes (µs) late past SATURATED_LAG_P99_MS when they say the generator could
+    not keep up (their p99 past it, and at least SATURATED_LAG_MIN_LATE of them); else 0."""
+    if not lag.total_count or percentiles(lag, [99.0])[99.0] / 1000 <= SATURATED_LAG_P99_MS:
+        return 0
+    late = count_over(lag, SATURATED_LAG_P99_MS * 1000)
+    return late if late >= SATURATED_LAG_MIN_LATE else 0
 
 
 def saturation(merged: ProcessReport) -> list[str]:
     """Why this run's numbers cannot be trusted (empty: they can)."""
     why = []
-    lag_p99, cpu = merged.loop_lag_p99_ms, merged.cpu_max_fraction or 0.0
-    if lag_saturated(merged.loop_lag):
-        late = count_over(merged.loop_lag, SATURATED_LAG_P99_MS * 1000)
-        why.append(f"event-loop lag p99 {lag_p99:.1f} ms > {SATURATED_LAG_P99_MS:g} ms "
+    cpu = merged.cpu_max_fraction or 0.0
+    if late := saturating_probes(merged.loop_lag):
+        why.append(f"event-loop lag p99 {merged.loop_lag_p99_ms:.1f} ms > {SATURATED_LAG_P99_MS:g} ms "
                    f"({late} of {merged.loop_lag.total_count} probes late)")
     if cpu > SATURATED_CPU_FRACTION:
         why.append(f"a generator process used {100 * cpu:.0f}% of a core "

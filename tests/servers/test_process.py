@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,12 +129,6 @@ def test_a_stalled_server_still_queues_a_connect_burst(variant: str) -> None:
     # A server busy for a moment (here: stopped) must not drop a burst of connects in the
     # kernel: with Node's default listen backlog of 511 the 513th SYN was dropped and its
     # client waited a second for the retransmit (TcpExtListenOverflows in genbench's ramps).
-    import errno
-    import socket
-    import time
-
-    import resource
-
     if variant == "node":
         need_node()
     burst = 3_000  # past uvicorn's default 2,048 as well

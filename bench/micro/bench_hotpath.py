@@ -94,7 +94,8 @@ def _session(gen: Any, keep: list[Any]) -> tuple[Any, Any, _Sink]:
 def _frames(session: Any, n: int, first_id: int) -> list[tuple[bytes, bytes]]:
     """The server's answers to the session's next ``n`` sends: (echo, ack) payloads."""
     ledger, room = session.gen.ledger, session.rooms[0]
-    prefix, k0 = ledger.prefix, int(next(iter(session.unconfirmed))[len(ledger.prefix):])
+    prefix = ledger.prefix
+    k0 = int(next(t for t, r in ledger._records.items() if r[3] == session.no)[len(prefix):])
     content = "x" * 64
     out = []
     for i in range(n):

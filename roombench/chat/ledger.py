@@ -22,7 +22,9 @@ Own copies: the ledger knows which session sent each temp_id (:meth:`sender_of`)
 session recognises its own echo by temp_id alone, whatever user id the server gave it and
 whichever of ack and echo came first; an own copy is never a delivery nor unexpected.
 :meth:`on_copy` is :meth:`sender_of` and :meth:`on_live` in one lookup (the receive path's
-call: it returns :data:`OWN` for the sender's own copy).
+call: it returns :data:`OWN` for the sender's own copy). An own copy that comes before the
+ack notes the server's id: :meth:`server_has` then says the server had the message, should
+its ack die with the connection.
 
 Ids: with ``opaque_ids`` a message id is any JSON string or number and is never compared
 by value; the room high-water mark is the id noted last, ranked by the order ids were
@@ -292,13 +294,11 @@ class Ledger:
 
     # -- receiving side ---------------------------------------------------------------------
 
-    def on_own_copy(self, temp_id: str) -> None:
-        """The sender's connection got its own copy of ``temp_id`` (callback mode; in echo
-        mode the copy is the ack). Only ranks it for the opaque-id order check."""
-        if self._opaque:
-            rec = self._records.get(temp_id)
-            if rec is not None:
-                self._order.heard(rec[_MARK])
+    def server_has(self, temp_id: str) -> bool:
+        """True when a copy of in-flight ``temp_id`` told its server id (the sender's own
+        copy, a delivery, a backfill): the server has it, whatever became of its ack."""
+        rec = self._records.get(temp_id)
+        return rec is not None and rec[_MSG_ID] is not None
 
     def waited_for_in(self, temp_id: Any) -> str | None:
         """The room of an in-flight ``temp_id`` some receiver still waits for, else None:
@@ -326,6 +326,13 @@ class Ledger:
             self._extra_copy(receiver, temp_id, old)
             return None
         if rec[_SENDER] == receiver:
+            if not rec[_SETTLED]:  # before its ack: the server has it (server_has)
+                if not self._opaque:
+                    rec[_MSG_ID] = msg_id  # the room's high-water mark follows with the ack
+                else:
+                    if rec[_MSG_ID] is None:  # ranked as first learned, as from a delivery
+                        self._note_id(rec, msg_id)
+                    self._order.heard(rec[_MARK])
             return OWN
         return self._delivered(rec, receiver, temp_id, msg_id)
 

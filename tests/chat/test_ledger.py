@@ -118,6 +118,18 @@ def test_on_copy_tells_the_senders_own_copy_and_counts_the_rest_as_on_live(retir
         assert ledger.on_copy(3, tid, 1) == 5.0 and ledger.in_flight() == 0
 
 
+def test_the_senders_own_copy_before_its_ack_says_the_server_has_it() -> None:
+    # callback mode keeps no unconfirmed dict: the ledger tells an echoed send from one the
+    # server may never have had, should its ack die with the connection
+    ledger = Ledger("p-")
+    echoed, other, unheard = (send(ledger, members=frozenset({1, 2})) for _ in range(3))
+    assert not any(ledger.server_has(t) for t in (echoed, other, unheard))
+    assert ledger.on_copy(1, echoed, 7) is OWN
+    assert ledger.on_copy(2, other, 8) == 100.0  # a delivery to another member tells it as well
+    assert (ledger.server_has(echoed), ledger.server_has(other), ledger.server_has(unheard)) == (True, True, False)
+    assert ledger.counts().delivered_live == 1  # the own copy counted nothing
+
+
 def test_reorder_counter() -> None:
     ledger = Ledger("p-")
     ledger.note_out_of_order()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from roombench.chat.ledger import Ledger
+from roombench.chat.ledger import OWN, Ledger
 from roombench.chat.scenario import Scenario
 from roombench.generator import Generator, run_for
 from roombench.wire.profile import DEFAULT_PROFILE
@@ -78,9 +78,9 @@ def test_the_senders_own_copy_ranks_before_a_later_ack() -> None:
     # a server that fans out, then acks after awaits of different lengths: acks 2 before 1,
     # but the sender's own copies (and every receiver's) came 1, 2: in order
     ledger = _ledger(2)
-    ledger.on_own_copy("p-1")
+    assert ledger.on_copy(0, "p-1", "id1") is OWN
     ledger.on_live(1, "p-1", "id1")
-    ledger.on_own_copy("p-2")
+    assert ledger.on_copy(0, "p-2", "id2") is OWN
     ledger.on_live(1, "p-2", "id2")
     ledger.on_acked("p-2", "id2")
     ledger.on_acked("p-1", "id1")
@@ -103,7 +103,7 @@ def test_int_ledgers_keep_their_short_records() -> None:
     ledger = Ledger("p-")
     ledger.on_sent("p-1", "r", 0, ROOM, 0.0)
     assert len(ledger._records["p-1"]) == 9
-    ledger.on_own_copy("p-1")  # a no-op
+    assert ledger.on_copy(0, "p-1", 1) is OWN and len(ledger._records["p-1"]) == 9
     assert ledger.on_live(1, "p-1", 1) == 0.0 and ledger.counts().out_of_order == 0
 
 

@@ -31,7 +31,7 @@ def _run_watching_window(host: str, scenario: Scenario, users: int, duration: fl
     def watch() -> None:
         nonlocal most
         while not gen.finished:
-            most = max([most, *(len(s.unconfirmed) for s in list(gen.sessions.values()))])
+            most = max([most, *(s.in_flight for s in list(gen.sessions.values()))])
             gevent.sleep(0.001)
 
     watcher = gevent.spawn(watch)
@@ -60,6 +60,32 @@ def test_closed_loop_refills_after_drops(ref_server: Any) -> None:
     assert c["lost"] == 0
     # every user went on sending after its reconnects: far more than one window per drop
     assert c["sent"] > 20 * report["counters"]["forced_drops"]
+
+
+def test_a_send_whose_own_copy_came_counts_acked_when_its_ack_dies_with_the_connection(
+        server_factory: Any) -> None:
+    # the ack is held back 2 s, the echo is not: drop in between. The server had the message
+    # (its echo said so), so the failed ack counts acked at once, not left to a backfill
+    server = server_factory(token=REF_TOKEN, faults={"ack_delay_ms": 2000})
+    gen = Generator(server.url, replace(CLOSED, window=1, room_size=1, reconnect_delay=30.0,
+                                        reconnect_delay_max=30.0))
+    session = gen.new_session()
+    try:
+        session.run()
+        assert session.in_flight == 1
+        (temp_id,) = gen.ledger._records
+        with gevent.Timeout(5):
+            while not gen.ledger.server_has(temp_id):  # its echo came
+                gevent.sleep(0.01)
+        session.transport.drop()
+        with gevent.Timeout(5):
+            while session.in_flight:  # the ack failed: "disconnected"
+                gevent.sleep(0.01)
+        counts = gen.ledger.counts()
+        assert (counts.acked, counts.ack_errors, counts.voided) == (1, 0, 0)
+        assert not session.disconnected_sends
+    finally:
+        gen.finish()
 
 
 def test_window_must_not_be_negative() -> None:
@@ -120,8 +146,9 @@ def test_one_refill_fills_the_whole_window_across_the_users_rooms(ref_server: An
     session = gen.new_session()
     try:
         session.run()  # connects, joins, hands the schedule over: the first refill is done now
-        assert len(session.unconfirmed) == 3
-        rooms = [gen.ledger._records[t][0] for t in session.unconfirmed]  # a record starts with its room
+        assert session.in_flight == 3
+        # a record starts with its room; [3] is its sender, [6] whether its ack is settled
+        rooms = [rec[0] for rec in gen.ledger._records.values() if rec[3] == session.no and not rec[6]]
         assert sorted(rooms) == sorted([session.rooms[0], session.rooms[1], session.rooms[0]])
         assert session.send(session.rooms[0], 0.0, 3) is True
         session.transport.drop()

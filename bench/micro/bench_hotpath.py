@@ -11,12 +11,20 @@ the quick A/B for a hot-path change before the slower, noisier end-to-end one.
 
     python -m bench.micro.bench_hotpath [--n 100000] [--repeats 5] [--sessions 1,50,1000]
     python -m bench.micro.bench_hotpath --instructions [--sessions 1]
+    python -m bench.micro.bench_hotpath --fanout 10,100 [--rooms 10]
 
 Prints ns per ack (best of the repeats) and, for scale, a bare loop of the same frames
 through orjson (what python-raw does per ack). ``--sessions 1,50,1000`` serves that many
 sessions round-robin, as the poller does its connections: the cost per ack grows with them
 (each ack touches a dozen objects of its session, which stop fitting in the CPU's caches).
 Not a test; bounded to a few seconds per session count.
+
+``--fanout 10,100`` times the fan-out path instead: in rooms of that size one member sends,
+every member gets the server's new_message and the sender its ack; ns per delivery (the
+copies to the others), the way the generator benchmark's fan-out suite divides its CPU.
+In rooms of 10 it is ~2.4 us, against 15-19 us per delivery end to end (fan-out suite at
+30,000/s): the rest is the receive itself (one recv per ~1.7 frames, whose kernel side
+sends the TCP ACK) and the poller around it, not the ledger, session or histograms.
 
 ``--instructions`` counts instead of timing: the loop runs under valgrind's callgrind
 twice (3,000 and 6,000 acks after the same set-up) and the difference is the instructions
@@ -48,6 +56,7 @@ from gevent import socket as gsocket  # noqa: E402
 from roombench.chat.scenario import Scenario  # noqa: E402
 from roombench.generator import Generator  # noqa: E402
 from roombench.transport.conn import Conn  # noqa: E402
+from roombench.wire.frames import FrameParser  # noqa: E402
 from roombench.wire.profile import DEFAULT_PROFILE  # noqa: E402
 
 MAX_N = 1_000_000
@@ -55,13 +64,15 @@ MAX_SESSIONS = 5_000  # a socket pair each: within the open-file limit
 
 
 class _Sink:
-    """The socket's raw side: sends succeed at once and are only counted."""
+    """The socket's raw side: sends succeed at once and are only counted (the last one kept)."""
 
     def __init__(self) -> None:
         self.sent = 0
+        self.last = b""
 
     def send(self, frame: bytes) -> int:
         self.sent += 1
+        self.last = frame
         return len(frame)
 
 
@@ -69,9 +80,10 @@ class _Sink:
 _COUNT_RUNS = (3000, 6000)
 
 
-def _generator() -> Any:
-    sc = Scenario(room_size=1, rate=1.0, window=1, ack="callback", size=64, typing_every=0, read_every=0,
-                  transport="lean", token="t")
+def _generator(room_size: int = 1, window: int = 1) -> Any:
+    # window 0: an open loop at one message in ~12 days, so the clock never sends by itself
+    sc = Scenario(room_size=room_size, rate=1.0 if window else 1e-6, window=window, ack="callback", size=64,
+                  typing_every=0, read_every=0, transport="lean", token="t")
     return Generator("http://127.0.0.1:9", sc, DEFAULT_PROFILE)
 
 
@@ -140,6 +152,53 @@ def bench_session(n: int, sessions: int = 1, run: int | None = None) -> float:
     return dt / len(script)
 
 
+def bench_fanout(n: int, room_size: int, rooms: int) -> float:
+    """ns per delivery in ``rooms`` rooms of ``room_size``, served in turn: one member sends
+    (members take turns), every member gets the server's new_message (the sender's own copy
+    among them), then the sender its ack; all of it timed, divided by the deliveries (the
+    copies to the others), as the generator benchmark's fan-out suite divides its CPU."""
+    gen, keep = _generator(room_size, window=0), []
+    made = [_session(gen, keep) for _ in range(room_size * rooms)]
+    by_room: dict[str, list[Any]] = {}
+    for member in made:
+        by_room.setdefault(member[0].rooms[0], []).append(member)
+    groups = list(by_room.values())
+    if len(groups) != rooms or any(len(g) != room_size for g in groups):
+        raise SystemExit(f"bench_hotpath: rooms came out as {[len(g) for g in groups]}, not {rooms} of {room_size}")
+    content = "x" * 64
+    messages = max(1, n // max(1, room_size - 1))
+    clock, elapsed = time.perf_counter_ns, 0
+    for i in range(messages):
+        group = groups[i % rooms]
+        s, _, sink = group[(i // rooms) % room_size]
+        room = s.rooms[0]
+        t0 = clock()
+        if not s.send(room, time.perf_counter(), i):
+            raise SystemExit("bench_hotpath: a send did not go out")
+        elapsed += clock() - t0
+        ((_, packet),), _ = FrameParser().parse(sink.last)  # 42<ack id>["send_message",{...}]
+        start = packet.index(b"[")
+        aid, sent = int(packet[2:start]), orjson.loads(packet[start:])
+        msg = {"id": i + 1, "channel_id": room, "sender_id": s.user_id, "content": content,
+               "temp_id": sent[1]["temp_id"], "created_at": 1765100000.123}
+        copy = b'42["new_message",' + orjson.dumps(msg) + b"]"
+        payloads = [(m[0].transport._on_text, m[1], bytearray(copy)) for m in group]
+        ack = bytearray(b"43%d[" % aid + orjson.dumps({"id": i + 1, "temp_id": msg["temp_id"]}) + b"]")
+        sender_conn = s.transport._live
+        t0 = clock()
+        for on_text, conn, payload in payloads:
+            on_text(conn, payload)
+        s.transport._on_text(sender_conn, ack)
+        elapsed += clock() - t0
+    c = gen.ledger.counts()
+    if c.delivered_live != messages * (room_size - 1) or c.acked != messages or gen.errors:
+        raise SystemExit(f"bench_hotpath: the fan-out loop did not run as meant: delivered {c.delivered_live}, "
+                         f"acked {c.acked}, errors {dict(gen.errors)}")
+    for sock in keep:
+        sock.close()
+    return elapsed / (messages * (room_size - 1))
+
+
 def bench_bare(n: int) -> float:
     """ns per ack for the yardstick's work: parse both frames, note the latency, build the next send."""
     frames = [(b'42["new_message",{"id":%d,"temp_id":"t%d","content":"%s"}]' % (i, i, b"x" * 64),
@@ -185,6 +244,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100_000, help="acks per measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sessions", default="1", help="comma-separated session counts, served round-robin")
+    p.add_argument("--fanout", metavar="ROOM_SIZES",
+                   help="comma-separated room sizes: ns per fan-out delivery instead of per ack (--rooms rooms each)")
+    p.add_argument("--rooms", type=int, default=10, help="--fanout: rooms served in turn (default 10)")
     p.add_argument("--instructions", action="store_true",
                    help="count instructions per ack under callgrind instead of timing (repeatable)")
     p.add_argument("--_count", help=argparse.SUPPRESS)  # one callgrind run: "sessions,acks"
@@ -198,6 +260,18 @@ def main() -> None:
         counts = [max(1, min(int(x), MAX_SESSIONS)) for x in a.sessions.split(",") if x.strip()]
     except ValueError:
         p.error(f"--sessions takes comma-separated integers, got {a.sessions!r}")
+    if a.fanout:
+        try:
+            sizes = [int(x) for x in a.fanout.split(",") if x.strip()]
+        except ValueError:
+            p.error(f"--fanout takes comma-separated integers, got {a.fanout!r}")
+        rooms = max(1, a.rooms)
+        if not sizes or min(sizes) < 2 or max(sizes) * rooms > MAX_SESSIONS:
+            p.error(f"--fanout: room sizes of 2 or more, at most {MAX_SESSIONS} sessions in all (--rooms {rooms})")
+        for m in sizes:
+            per = min(bench_fanout(n, m, rooms) for _ in range(max(1, a.repeats)))
+            print(f"fan-out (lean, ledger, HDR), rooms of {m:3d} x {rooms}: {per:7.0f} ns per delivery")
+        return
     if a.instructions:
         for k in counts:
             print(f"session (lean, ledger, HDR), {k:5d} session(s): {count_instructions(k):7.0f} instructions per ack")

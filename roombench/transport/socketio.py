@@ -138,10 +138,10 @@ class LeanTransport(FramedTransport):
                         _CACHE[1] = skip - 1
                         data = _loads(p[2:])
                     elif len(p) <= _PARSED_MAX:
-                        key = bytes(p[2:])
+                        key = bytes(p)  # the whole packet: one copy (p[2:] would be two)
                         data = _PARSED.get(key)
                         if data is None:
-                            data = _PARSED[key] = _loads(key)
+                            data = _PARSED[key] = _loads(key[2:])
                             if len(_PARSED) > _PARSED_KEPT:
                                 _PARSED.clear()
                                 # fewer than 1 in 8 of a generation's payloads came again: skip a while

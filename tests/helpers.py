@@ -215,6 +215,23 @@ def check_ack_timeout_fires_once_and_late_ack_is_reported(build: Build) -> None:
     assert ack.calls == [(None, "timeout")]  # still exactly once
 
 
+def check_an_ack_failed_while_its_send_waits_makes_emit_true(build: Build, server: Any) -> None:
+    """``server`` is the caller's own (it is paused). emit's False promises the callback is
+    never called: an ack that timed out while its frame waited for buffer space was called,
+    so when the send then fails, emit must say True (a caller that counts awaited acks would
+    otherwise count it twice)."""
+    transport, _ = build(ack_timeout=0.3)
+    transport.connect()
+    ack = Acks()
+    server.pause()  # it reads nothing: 20 MB cannot fit in the socket buffers
+    sender = gevent.spawn(send, transport, new_room(), "t", ack, content="x" * 20_000_000)
+    assert wait_until(lambda: bool(ack.calls), timeout=5.0)  # the sweeper timed it out
+    assert ack.calls == [(None, "timeout")] and not sender.dead  # ... while the send still waits
+    transport.drop()
+    assert sender.get(timeout=5.0) is True
+    assert ack.calls == [(None, "timeout")]
+
+
 def check_close_fails_pending_acks_and_leaves_no_greenlets(build: Build) -> None:
     """``build`` is on a server that holds every send_message ack back ACK_DELAY_MS."""
     before = live_greenlets()

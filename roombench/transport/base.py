@@ -149,7 +149,9 @@ class Transport(ABC):
 
         With ``ack`` the packet carries an ack id; ``ack(arg, payload, error)`` is called
         exactly once: with the server's answer, or with error "timeout" after
-        ``ack_timeout`` or "disconnected" when the connection is lost first.
+        ``ack_timeout`` or "disconnected" when the connection is lost first. False means
+        it is never called; True, that it is (or already was, when the ack failed while
+        the send waited for buffer space and then the send failed too).
         """
 
     @abstractmethod

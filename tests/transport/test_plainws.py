@@ -23,6 +23,7 @@ from roombench.transport.plainws import WS_PATH, plain_endpoint
 
 from tests.helpers import (ACK_DELAY_MS, FAST_RECONNECT, Acks, Recorder, ScriptedPeer,
                       check_ack_timeout_fires_once_and_late_ack_is_reported,
+                      check_an_ack_failed_while_its_send_waits_makes_emit_true,
                       check_close_fails_pending_acks_and_leaves_no_greenlets,
                       check_new_message_reaches_both_members, check_sends_are_acked_with_id_and_temp_id,
                       check_unknown_event_is_a_protocol_error, join, new_room as room, send, wait_until)
@@ -169,6 +170,11 @@ def test_a_member_that_stops_reading_does_not_stall_the_others(ws_server: Server
 
 def test_ack_timeout_fires_once_and_late_ack_is_reported(slow_ws_server: ServerProcess, make: Any) -> None:
     check_ack_timeout_fires_once_and_late_ack_is_reported(partial(make, slow_ws_server.url))
+
+
+def test_an_ack_failed_while_its_send_waits_makes_emit_true(server_factory: Any, make: Any) -> None:
+    server = server_factory("ws", token=TOKEN)
+    check_an_ack_failed_while_its_send_waits_makes_emit_true(partial(make, server.url), server)
 
 
 def test_drop_fails_pending_acks_and_reconnects(slow_ws_server: ServerProcess, make: Any) -> None:

@@ -21,6 +21,7 @@ from roombench.transport.registry import make_transport
 
 from tests.helpers import (ACK_DELAY_MS, FAST_RECONNECT, REF_TOKEN, Acks, Recorder, ScriptedPeer,
                       check_ack_timeout_fires_once_and_late_ack_is_reported,
+                      check_an_ack_failed_while_its_send_waits_makes_emit_true,
                       check_close_fails_pending_acks_and_leaves_no_greenlets,
                       check_new_message_reaches_both_members, check_sends_are_acked_with_id_and_temp_id,
                       check_unknown_event_is_a_protocol_error, join, new_room as room, send, wait_until)
@@ -123,6 +124,13 @@ def test_new_message_reaches_both_members(kind: str, ref_server: ServerProcess, 
 
 def test_ack_timeout_fires_once_and_late_ack_is_reported(kind: str, slow_server: ServerProcess, make: Any) -> None:
     check_ack_timeout_fires_once_and_late_ack_is_reported(partial(make, slow_server.url, kind=kind))
+
+
+def test_an_ack_failed_while_its_send_waits_makes_emit_true(kind: str, server_factory: Any, make: Any) -> None:
+    if kind == "compat":
+        pytest.skip("python-socketio queues the packet for its writer: compat's emit never waits")
+    server = server_factory("py", token=REF_TOKEN)
+    check_an_ack_failed_while_its_send_waits_makes_emit_true(partial(make, server.url, kind=kind), server)
 
 
 def test_ack_after_its_deadline_is_a_timeout_even_before_the_sweep(kind: str, slow_server: ServerProcess,

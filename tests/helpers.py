@@ -223,8 +223,8 @@ def check_an_ack_failed_while_its_send_waits_makes_emit_true(build: Build, serve
     transport, _ = build(ack_timeout=0.3)
     transport.connect()
     ack = Acks()
-    server.pause()  # it reads nothing: 20 MB cannot fit in the socket buffers
-    sender = gevent.spawn(send, transport, new_room(), "t", ack, content="x" * 20_000_000)
+    server.pause()  # it reads nothing: 64 MB fit in no socket buffers (tcp_rmem's max is 32 MB here)
+    sender = gevent.spawn(send, transport, new_room(), "t", ack, content="x" * 64_000_000)
     assert wait_until(lambda: bool(ack.calls), timeout=5.0)  # the sweeper timed it out
     assert ack.calls == [(None, "timeout")] and not sender.dead  # ... while the send still waits
     transport.drop()

@@ -226,7 +226,7 @@ class ChatSession:
     def _fill(self) -> None:
         """Closed loop: send (now = the latency origin) until ``window`` messages are unconfirmed."""
         gen, rooms = self.gen, self.rooms
-        while (self._inflight if self._callback else len(self.unconfirmed)) < self._window:
+        while (self._inflight if self._callback else len(self.unconfirmed)) < self._window:  # in_flight, inlined
             if gen.stopping or not self.send(rooms[self._k % len(rooms)], now(), self._k):
                 return
             self._k += 1

@@ -77,6 +77,12 @@ class AckTable:
         entry[0](entry[2], payload, None)
         return True
 
+    def send_failed(self, aid: int) -> bool:
+        """The send of ``aid`` failed: take it back; what emit returns. False: its callback
+        will never be called. True: it already was (the ack timed out or failed while the
+        send waited for buffer space), so to the caller the message went out, its fate told."""
+        return self.pending.pop(aid, None) is None
+
     def answer(self, aid: int, payload: Any) -> None:
         """:meth:`resolve`, and an answer that resolved nothing reported (see :meth:`miss`)."""
         entry = self.pending.pop(aid, None)

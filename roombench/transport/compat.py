@@ -86,8 +86,7 @@ class CompatTransport(Transport):
             callback = None if aid is None else partial(self._on_ack, aid)
             sio.emit(event, data, namespace=self._ns, callback=callback)
         except socketio.exceptions.SocketIOError:  # lost between the check and the emit
-            # an ack already failed (its entry gone) was told once, as promised: "sent"
-            return aid is not None and self._acks.pending.pop(aid, None) is None
+            return aid is not None and self._acks.send_failed(aid)
         return True
 
     def drop(self) -> None:

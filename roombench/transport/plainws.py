@@ -87,8 +87,7 @@ class PlainWsTransport(FramedTransport):
         acks.pending[aid] = (ack, _now() + self.ack_timeout, arg)
         if self._send_frame(conn, conn.writer.text(_dumps({"event": event, "data": data, "ack": aid}))):
             return True
-        # gone already: its ack failed while the send waited (timeout, a loss): told once, as promised
-        return acks.pending.pop(aid, None) is None
+        return acks.send_failed(aid)
 
     def _make_endpoint(self) -> Endpoint:
         return plain_endpoint(self.url, self.profile, self.token, self.auth_extra)

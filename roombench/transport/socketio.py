@@ -101,8 +101,7 @@ class LeanTransport(FramedTransport):
                   else b"%b%d%b,%b]" % (self._p42, aid, head, _dumps(data)))  # one formatting: one copy
         if self._send_frame(conn, conn.writer.text(packet)):
             return True
-        # gone already: its ack failed while the send waited (timeout, a loss): told once, as promised
-        return acks.pending.pop(aid, None) is None
+        return acks.send_failed(aid)
 
     def drop_for(self, seconds: float) -> None:
         """Drop, and let no reconnect attempt start for ``seconds`` (see :meth:`_establish`)."""
